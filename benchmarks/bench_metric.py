@@ -179,7 +179,8 @@ def main() -> None:
         print(json.dumps(memory_worker(kind, int(m), int(n))))
         return
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, N={N_SAMPLES}, batch {BATCH}")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, device {args.device}, {threads} threads, N={N_SAMPLES}, batch {BATCH}")
     header = (
         "| m | bare X.T@X per sample | update per sample | update/bare | ranks update/bare | compute | "
         "streamed total/naive | peak MB streamed / naive (ratio) | peak MB at 4N streamed | "

@@ -18,3 +18,22 @@ def correlated_scores(rng: np.random.Generator, n: int, m: int, k: int = 4, nois
     latent = rng.standard_normal((n, k))
     loadings = rng.standard_normal((k, m))
     return latent @ loadings + noise * rng.standard_normal((n, m))
+
+
+def planted_hierarchy(
+    rng: np.random.Generator, top: int = 3, sub: int = 3, per: int = 5, n: int = 4000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores with a planted two-level hierarchy: top groups of sub-groups of classes.
+
+    Returns the (n, m) scores, the top-level label and the sub-level label of each class. Class indices are
+    shuffled so that the order has to be found.
+    """
+    m = top * sub * per
+    top_lab = np.repeat(np.arange(top), sub * per)
+    sub_lab = np.repeat(np.arange(top * sub), per)
+    perm = rng.permutation(m)
+    top_lab, sub_lab = top_lab[perm], sub_lab[perm]
+    f_top = rng.standard_normal((n, top))
+    f_sub = rng.standard_normal((n, top * sub))
+    scores = 2.0 * f_top[:, top_lab] + 1.2 * f_sub[:, sub_lab] + 0.8 * rng.standard_normal((n, m))
+    return scores, top_lab, sub_lab

@@ -1,0 +1,275 @@
+"""Rendering of ordered similarity matrices: a fast RGB heatmap, a labelled figure and a dendrogram.
+
+Nothing here opens a window: figures are :class:`matplotlib.figure.Figure` objects created without pyplot (no
+global figure registry to leak into), and :func:`render_heatmap` is a colour lookup on a numpy array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_classim.analysis import _check_order
+
+__all__ = ["plot_dendrogram", "plot_matrix", "render_heatmap", "save_png"]
+
+_NAN_RGB = (200, 200, 200)
+
+
+def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
+    if hasattr(matrix, "detach"):
+        matrix = matrix.detach().cpu().float().numpy()
+    arr = np.asarray(matrix, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 1:
+        raise ValueError(f"Expected argument `{name}` to be a square (m, m) matrix, but got shape {arr.shape}.")
+    return arr
+
+
+def _lut(cmap: str) -> np.ndarray:
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(
+            f"Expected argument `cmap` to be a matplotlib colormap name, but got {cmap!r}. Try 'RdBu_r' or 'magma'."
+        ) from None
+    return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def _block_mean(mat: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor x factor`` blocks (the last block may be partial), ignoring NaN."""
+    m = mat.shape[0]
+    p = -(-m // factor)
+    pad = p * factor - m
+    valid = np.isfinite(mat)
+    vals = np.where(valid, mat, 0.0).astype(np.float32)
+    if pad:
+        vals = np.pad(vals, ((0, pad), (0, pad)))
+        valid = np.pad(valid, ((0, pad), (0, pad)))
+    sums = vals.reshape(p, factor, p, factor).sum(axis=(1, 3))
+    counts = valid.reshape(p, factor, p, factor).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+
+
+def render_heatmap(
+    matrix: Any,
+    order: Any = None,
+    groups: Any = None,
+    *,
+    max_pixels: int = 1024,
+    min_pixels: int = 384,
+    cmap: str = "RdBu_r",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    line_rgb: tuple[int, int, int] = (20, 20, 20),
+) -> np.ndarray:
+    """Render a square matrix in a given order as an RGB image.
+
+    A colormap lookup (not a per-cell plot): large matrices are block-averaged down to ``max_pixels``, small ones
+    are enlarged by whole pixels up to ``min_pixels``. Group spans along the diagonal are outlined by thin lines.
+    Any square matrix can be drawn in any order, so the confusion matrix can be shown in the similarity order.
+
+    Args:
+        matrix: ``(m, m)`` numpy array or torch tensor. NaN cells are drawn grey.
+        order: the row/column order, a permutation of ``range(m)`` (default: as given).
+        groups: a group label per class (original class order); the boundaries are drawn where the label changes
+            along ``order``.
+        max_pixels: largest side of the image; ``m`` above it is block-averaged.
+        min_pixels: smallest side; ``m`` below it is enlarged by an integer factor.
+        cmap: matplotlib colormap name.
+        vmin: value mapped to the first colour.
+        vmax: value mapped to the last colour.
+        line_rgb: colour of the group outlines.
+
+    Returns:
+        ``uint8`` array of shape ``(H, H, 3)``.
+
+    Raises:
+        ValueError: if the matrix is not square, ``order`` is not a permutation, ``groups`` has the wrong length,
+            ``vmax <= vmin``, ``max_pixels < 16`` or ``cmap`` is unknown.
+
+    Example:
+        >>> import numpy as np
+        >>> img = render_heatmap(np.eye(3), groups=[0, 0, 1], min_pixels=6)
+        >>> img.shape, img.dtype
+        ((6, 6, 3), dtype('uint8'))
+    """
+    mat = _as_square(matrix)
+    m = mat.shape[0]
+    if not vmax > vmin:
+        raise ValueError(f"Expected `vmax` > `vmin`, but got vmin={vmin} and vmax={vmax}.")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 16:
+        raise ValueError(f"Expected argument `max_pixels` to be an int of at least 16, but got {max_pixels!r}.")
+    lut = _lut(cmap)
+    if order is not None:
+        idx = _check_order(order, m)
+        mat = mat[np.ix_(idx, idx)]
+    else:
+        idx = np.arange(m)
+    factor = -(-m // max_pixels)
+    if factor > 1:
+        mat = _block_mean(mat, factor)
+    scale = max(1, min_pixels // mat.shape[0]) if factor == 1 else 1
+    nan = ~np.isfinite(mat)
+    codes = np.clip((np.nan_to_num(mat, nan=vmin) - vmin) * (255.0 / (vmax - vmin)) + 0.5, 0, 255).astype(np.uint8)
+    img = lut[codes]
+    img[nan] = _NAN_RGB
+    if scale > 1:
+        img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape != (m,):
+            raise ValueError(
+                f"Expected argument `groups` to give one label per class ({m}), but got shape {labels.shape}."
+            )
+        seq = labels[idx]
+        cuts = np.concatenate([[0], np.nonzero(seq[1:] != seq[:-1])[0] + 1, [m]])
+        size = img.shape[0]
+        px = np.minimum((cuts * size) // m, size - 1)
+        for a, b in zip(px[:-1], px[1:]):
+            b_end = max(b - 1, a) if b < size - 1 else size - 1
+            img[a, a : b_end + 1] = line_rgb
+            img[b_end, a : b_end + 1] = line_rgb
+            img[a : b_end + 1, a] = line_rgb
+            img[a : b_end + 1, b_end] = line_rgb
+    return img
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB ``uint8`` image as PNG (no display needed) and return the path."""
+    from PIL import Image
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG", optimize=False)
+    return out
+
+
+def plot_matrix(
+    matrix: Any,
+    order: Any = None,
+    groups: Any = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+    cmap: str = "RdBu_r",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+    max_labels: int = 80,
+) -> Any:
+    """A labelled figure of a (small) matrix: class names on the axes, group spans marked, a colour bar.
+
+    Args:
+        matrix: ``(m, m)`` matrix.
+        order: row/column order.
+        groups: a group label per class; each group's span is outlined and numbered.
+        class_names: names for the axes (shown when ``m <= max_labels``).
+        title: figure title.
+        cmap: matplotlib colormap.
+        vmin: value of the first colour.
+        vmax: value of the last colour.
+        max_labels: above this many classes the tick labels are left out.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure` (not registered with pyplot; nothing to close).
+
+    Example:
+        >>> import numpy as np
+        >>> fig = plot_matrix(np.eye(4), groups=[0, 0, 1, 1], class_names=list("abcd"))
+        >>> len(fig.axes)
+        2
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    mat = _as_square(matrix)
+    m = mat.shape[0]
+    idx = _check_order(order, m) if order is not None else np.arange(m)
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(m)]
+    if len(names) != m:
+        raise ValueError(f"Expected argument `class_names` to name all {m} classes, but got {len(names)} names.")
+    size = min(14.0, 4.0 + 0.14 * min(m, max_labels))
+    fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(mat[np.ix_(idx, idx)], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="similarity")
+    if m <= max_labels:
+        ax.set_xticks(range(m), [names[i] for i in idx], rotation=90, fontsize=7)
+        ax.set_yticks(range(m), [names[i] for i in idx], fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if groups is not None:
+        seq = np.asarray(groups)[idx]
+        cuts = np.concatenate([[0], np.nonzero(seq[1:] != seq[:-1])[0] + 1, [m]])
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            ax.add_patch(Rectangle((a - 0.5, a - 0.5), b - a, b - a, fill=False, lw=1.2, ec="black"))
+            ax.text(b - 0.5, a - 0.5, f" {seq[a]}", fontsize=8, va="top", ha="left", color="black")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_dendrogram(
+    linkage: np.ndarray,
+    order: Any = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    max_labels: int = 80,
+    title: str | None = None,
+) -> Any:
+    """Draw a dendrogram without scipy's recursive ``dendrogram()`` (works for any depth).
+
+    Leaves sit at the positions of ``order`` (default: scipy's leaf order); each merge is a U-shape at its height.
+
+    Args:
+        linkage: scipy linkage matrix over ``m`` classes.
+        order: the leaf order to draw (e.g. ``StructureResult.order``).
+        class_names: leaf labels (shown when ``m <= max_labels``).
+        max_labels: above this many leaves the labels are left out.
+        title: figure title.
+
+    Returns:
+        A :class:`matplotlib.figure.Figure`.
+
+    Example:
+        >>> import numpy as np
+        >>> from scipy.cluster.hierarchy import linkage
+        >>> fig = plot_dendrogram(linkage(np.arange(5.0)[:, None]))
+        >>> len(fig.axes[0].collections)
+        1
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from scipy.cluster.hierarchy import leaves_list
+
+    z = np.asarray(linkage, dtype=np.float64)
+    m = z.shape[0] + 1
+    idx = _check_order(order, m) if order is not None else leaves_list(z)
+    xpos = np.zeros(2 * m - 1)
+    xpos[idx] = np.arange(m)
+    height = np.zeros(2 * m - 1)
+    segments = []
+    for i, (a, b, h, _) in enumerate(z):
+        a, b = int(a), int(b)
+        xpos[m + i] = 0.5 * (xpos[a] + xpos[b])
+        height[m + i] = h
+        segments.append([(xpos[a], height[a]), (xpos[a], h), (xpos[b], h), (xpos[b], height[b])])
+    fig = Figure(figsize=(min(16.0, 4.0 + 0.12 * min(m, max_labels)), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.add_collection(LineCollection(segments, colors="black", linewidths=0.6))
+    ax.set_xlim(-0.5, m - 0.5)
+    ax.set_ylim(0, float(z[:, 2].max()) * 1.05 if m > 1 else 1)
+    ax.set_ylabel("merge distance")
+    if class_names is not None and m <= max_labels:
+        ax.set_xticks(range(m), [str(class_names[i]) for i in idx], rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([])
+    if title:
+        ax.set_title(title)
+    return fig

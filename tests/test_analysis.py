@@ -1,0 +1,354 @@
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import planted_hierarchy
+from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, linkage
+from scipy.spatial.distance import squareform
+from scipy.stats import skew
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from lightning_classim import (
+    StructureResult,
+    adjusted_rand_index,
+    align_order,
+    analyze,
+    compare_structures,
+    taxonomy_agreement,
+)
+
+
+@pytest.fixture
+def planted(rng):
+    scores, top, sub = planted_hierarchy(rng)
+    return np.corrcoef(scores, rowvar=False), top, sub
+
+
+def test_recovers_planted_top_level_at_true_k_and_automatically(planted):
+    sim, top, sub = planted
+    res = analyze(sim, n_groups=3)
+    assert adjusted_rand_score(top, res.groups) == 1.0
+    auto = analyze(sim)
+    assert auto.n_groups == 3
+    assert adjusted_rand_score(top, auto.groups) == 1.0
+    assert adjusted_rand_score(sub, analyze(sim, n_groups=9).groups) == 1.0
+
+
+def test_order_is_a_permutation_and_groups_are_contiguous_blocks(planted):
+    sim, _top, _ = planted
+    res = analyze(sim)
+    m = sim.shape[0]
+    assert sorted(res.order.tolist()) == list(range(m))
+    seq = res.groups[res.order]
+    assert (np.diff(seq) >= 0).all()  # labels 0..k-1 appear in order along the leaves, each as one block
+    assert seq[0] == 0
+
+
+def test_linkage_and_order_match_scipy(planted):
+    sim, _, _ = planted
+    res = analyze(sim, method="average")
+    ref = linkage(squareform(1 - sim, checks=False), "average")
+    np.testing.assert_allclose(res.linkage, ref, atol=1e-10)
+    assert res.order.tolist() == leaves_list(ref).tolist()
+    np.testing.assert_allclose(
+        res.metrics["cophenetic_corr"], cophenet(ref, squareform(1 - sim, checks=False))[0], atol=1e-10
+    )
+
+
+def test_summary_values_by_hand():
+    sim = np.array(
+        [
+            [1.0, 0.8, 0.6, 0.1, 0.0],
+            [0.8, 1.0, 0.7, 0.0, 0.2],
+            [0.6, 0.7, 1.0, 0.1, 0.1],
+            [0.1, 0.0, 0.1, 1.0, 0.9],
+            [0.0, 0.2, 0.1, 0.9, 1.0],
+        ]
+    )
+    res = analyze(sim, n_groups=2, class_names=list("abcde"))
+    g0, g1 = sorted(res.summary, key=lambda g: -g.size)
+    assert set(g0.names) == {"a", "b", "c"} and set(g1.names) == {"d", "e"}
+    assert g0.cohesion == pytest.approx((0.8 + 0.6 + 0.7) / 3)
+    assert g1.cohesion == pytest.approx(0.9)
+    assert g0.separation == pytest.approx((0.1 + 0.0 + 0.0 + 0.2 + 0.1 + 0.1) / 6)
+    assert g0.nearest == g1.group and g1.nearest == g0.group
+    within = (2 * (0.8 + 0.6 + 0.7) + 2 * 0.9) / (6 + 2)
+    between = 2 * 0.5 / 12
+    assert res.metrics["within_minus_between"] == pytest.approx(within - between)
+    off = squareform(sim - np.eye(5), checks=False)
+    assert res.metrics["offdiag_mean"] == pytest.approx(off.mean())
+    assert res.metrics["offdiag_std"] == pytest.approx(off.std())
+    assert res.metrics["offdiag_skew"] == pytest.approx(skew(off))
+    assert f"| {g0.group} | 3 | 0.70 |" in res.summary_markdown()
+
+
+def test_automatic_choice_is_best_silhouette_as_sklearn(planted):
+    sim, _, _ = planted
+    res = analyze(sim, max_groups=12)
+    dist = 1 - sim
+    np.fill_diagonal(dist, 0)
+    z = linkage(squareform(dist, checks=False), "complete")
+    scores = {k: silhouette_score(dist, fcluster(z, k, "maxclust"), metric="precomputed") for k in range(2, 13)}
+    best = max(scores, key=scores.get)
+    assert res.n_groups == best
+    assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-9)
+
+
+def test_distance_threshold_and_methods(planted):
+    sim, top, _ = planted
+    res = analyze(sim, distance_threshold=0.9)
+    z = linkage(squareform(np.maximum(1 - sim, 0), checks=False), "complete")
+    assert adjusted_rand_score(fcluster(z, 0.9, "distance"), res.groups) == 1.0
+    for method in ("single", "complete", "average", "weighted", "ward", "centroid", "median"):
+        r = analyze(sim, method=method, n_groups=3)
+        assert adjusted_rand_score(top, r.groups) == 1.0, method
+    # ward uses the Euclidean form sqrt(2 (1 - r))
+    ref = linkage(squareform(np.sqrt(2 * np.maximum(1 - sim, 0)), checks=False), "ward")
+    np.testing.assert_allclose(analyze(sim, method="ward").linkage, ref, atol=1e-10)
+
+
+def test_row_distance_and_clipping_as_the_notebook(planted):
+    sim, top, _ = planted
+    clipped = np.maximum(sim, 0)
+    res = analyze(sim, distance="rows", clip_negative=True, method="centroid", n_groups=3)
+    ref = linkage(clipped, "centroid")  # the notebook: rows of the clipped matrix as observations
+    np.testing.assert_allclose(res.linkage[:, 2], ref[:, 2], rtol=1e-6, atol=1e-8)
+    assert adjusted_rand_score(top, res.groups) == 1.0
+    assert res.similarity.min() >= 0
+
+
+def test_optimal_ordering_matches_scipy_and_is_refused_when_large(planted):
+    from scipy.cluster.hierarchy import optimal_leaf_ordering
+
+    sim, _, _ = planted
+    y = squareform(np.maximum(1 - sim, 0), checks=False)
+    ref = optimal_leaf_ordering(linkage(y, "complete"), y)
+    assert analyze(sim, optimal_ordering=True).order.tolist() == leaves_list(ref).tolist()
+    with pytest.raises(ValueError, match=r"`optimal_ordering=True` only up to 3000 classes, but got 3001"):
+        analyze(np.eye(3001), optimal_ordering=True)
+
+
+def test_external_order(planted):
+    sim, top, _ = planted
+    taxonomy_order = np.argsort(top, kind="stable")
+    res = analyze(sim, order=taxonomy_order)
+    assert res.order.tolist() == taxonomy_order.tolist()
+    with pytest.raises(ValueError, match=r"permutation of range\(45\), but some classes are missing"):
+        analyze(sim, order=np.zeros(45, dtype=int))
+    with pytest.raises(ValueError, match=r"1-d integer permutation of range\(45\), but got shape \(3,\)"):
+        analyze(sim, order=[0, 1, 2])
+
+
+def test_identical_input_identical_output(planted):
+    sim, _, _ = planted
+    a, b = analyze(sim), analyze(sim.copy())
+    assert a.order.tolist() == b.order.tolist() and a.groups.tolist() == b.groups.tolist()
+    assert a.metrics == b.metrics
+    assert a.to_dict() == b.to_dict()
+
+
+def test_torch_input_accepted(planted):
+    sim, top, _ = planted
+    res = analyze(torch.tensor(sim, dtype=torch.float32), n_groups=3)
+    assert adjusted_rand_score(top, res.groups) == 1.0
+
+
+def test_chain_of_5000_classes_does_not_recurse():
+    m = 5000
+    idx = np.arange(m)
+    sim = np.exp(-np.abs(idx[:, None] - idx[None, :]) / 3.0)  # a chain: single linkage makes a 4999-deep tree
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        res = analyze(sim, method="single", n_groups=4, find_failed=False)
+    finally:
+        sys.setrecursionlimit(old)
+    assert sorted(res.order.tolist()) == list(range(m))
+    assert np.abs(np.diff(res.order)).max() <= 2  # the chain is laid out in sequence (up to subtree orientation)
+
+
+def test_adjusted_rand_index_matches_sklearn(rng):
+    for _ in range(5):
+        a, b = rng.integers(0, 4, 60), rng.integers(0, 6, 60)
+        assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert adjusted_rand_index([0, 0, 0], [1, 1, 1]) == 1.0
+    with pytest.raises(ValueError, match=r"same classes, but got 3 and 2 labels"):
+        adjusted_rand_index([0, 1, 2], [0, 1])
+
+
+def test_previous_epoch_drift_ari_and_alignment(planted, rng):
+    sim, _top, _ = planted
+    first = analyze(sim)
+    same = analyze(sim, previous=first)
+    assert same.metrics["drift"] == pytest.approx(0.0, abs=1e-12)
+    assert same.metrics["group_ari"] == 1.0
+    assert same.order.tolist() == first.order.tolist()
+    # a reversed previous order makes the new order follow it, subtree flips only
+    flipped_prev = StructureResult(
+        similarity=first.similarity,
+        order=first.order[::-1].copy(),
+        linkage=first.linkage,
+        groups=first.groups,
+        summary=first.summary,
+        metrics={},
+    )
+    aligned = analyze(sim, previous=flipped_prev)
+    assert aligned.order.tolist() == first.order[::-1].tolist()
+    assert aligned.metrics["order_distance"] == 0.0
+    noisy = np.corrcoef(planted_hierarchy(np.random.default_rng(7))[0], rowvar=False)
+    other = analyze(noisy, previous=first)
+    ref_drift = (
+        1 - np.corrcoef(squareform(sim - np.eye(45), checks=False), squareform(noisy - np.eye(45), checks=False))[0, 1]
+    )
+    assert other.metrics["drift"] == pytest.approx(ref_drift)
+    assert other.metrics["group_ari"] == pytest.approx(adjusted_rand_score(first.groups, other.groups))
+
+
+def test_align_order_keeps_the_tree_and_follows_previous(planted):
+    sim, _, _ = planted
+    res = analyze(sim)
+    shuffled = np.random.default_rng(3).permutation(45)
+    new = align_order(res.linkage, shuffled)
+    assert sorted(new.tolist()) == list(range(45))
+    # any orientation of the same tree gives the same cophenetic distances between neighbours' groups
+    seq = res.groups[new]
+    assert len(np.nonzero(np.diff(seq))[0]) == 2  # still 3 contiguous blocks
+
+
+def test_compare_structures_needs_same_classes(planted):
+    sim, _, _ = planted
+    with pytest.raises(ValueError, match=r"same classes, but got 45 and 4 classes"):
+        compare_structures(analyze(sim), analyze(np.eye(4)))
+    with pytest.raises(ValueError, match=r"`previous` to be an analysis of the same 45 classes, but it has 4"):
+        analyze(sim, previous=analyze(np.eye(4)))
+
+
+def test_taxonomy_agreement_labels_levels_and_tree(planted):
+    sim, top, sub = planted
+    names = [f"c{i}" for i in range(45)]
+    res = analyze(sim, taxonomy=top, class_names=names)
+    assert res.metrics["taxonomy_ari"] == 1.0
+    z = res.linkage
+    # tree distance of a two-level taxonomy: 0 same sub, 1 same top only, 2 different top
+    tax = (top[:, None] != top[None, :]).astype(float) + (sub[:, None] != sub[None, :])
+    ref = np.corrcoef(cophenet(z), squareform(tax, checks=False))[0, 1]
+    by_levels = taxonomy_agreement(z, [top, sub])
+    assert by_levels["taxonomy_tree_corr"] == pytest.approx(ref)
+    tree: dict = {}
+    for i, (t, s) in enumerate(zip(top, sub)):
+        tree.setdefault(f"T{t}", {}).setdefault(f"S{s}", []).append(names[i])
+    by_tree = taxonomy_agreement(z, tree, names)
+    assert by_tree == pytest.approx(by_levels)
+    with pytest.raises(ValueError, match=r"2 class names are not leaves of the tree, e.g. \['c0', 'c1'\]"):
+        taxonomy_agreement(z, {"a": [n for n in names if n not in ("c0", "c1")]}, names)
+    with pytest.raises(ValueError, match=r"level 1 has 3 labels"):
+        taxonomy_agreement(z, [top, [0, 1, 2]])
+
+
+def _split_planted(rng, n=6000):
+    # two top groups A, B of 3 sub-groups of 5; sub-groups A0 and B0 share an extra factor: a dense off-diagonal
+    # block between the two top groups (the paper's split group)
+    m = 30
+    top = np.repeat([0, 1], 15)
+    sub = np.repeat(np.arange(6), 5)
+    f_top, f_sub, f_x = rng.standard_normal((n, 2)), rng.standard_normal((n, 6)), rng.standard_normal(n)
+    x = 1.5 * f_top[:, top] + 1.0 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
+    cross = np.isin(sub, [0, 3])
+    x[:, cross] += 1.5 * f_x[:, None]
+    return np.corrcoef(x, rowvar=False), top, cross
+
+
+def test_split_groups_found_between_planted_sub_blocks(rng):
+    sim, top, cross = _split_planted(rng)
+    res = analyze(sim, n_groups=2)
+    assert adjusted_rand_score(top, res.groups) == 1.0
+    assert len(res.split_groups) == 1, "the dense off-diagonal block must be reported, and only it"
+    best = res.split_groups[0]
+    assert set(best.members[0]) | set(best.members[1]) == set(np.nonzero(cross)[0].tolist())
+    block = sim[np.ix_(best.members[0], best.members[1])]
+    assert best.similarity == pytest.approx(block.mean())
+    assert res.to_dict()["split_groups"][0]["groups"] == [0, 1]
+    assert "Split group between groups 0 and 1" in res.summary_markdown()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_failed_group_found_by_fuzzy_clustering(seed):
+    # five sub-groups of five; the first class of each also shares a factor with the other four: mutually
+    # similar (r ~ 0.42) but each kept in its own sub-group by the tree (the paper's failed group)
+    rng = np.random.default_rng(seed)
+    n, subs, per = 6000, 5, 5
+    m = subs * per
+    sub = np.repeat(np.arange(subs), per)
+    cross = np.arange(0, m, per)
+    f_sub, f_g = rng.standard_normal((n, subs)), rng.standard_normal(n)
+    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
+    x[:, cross] = f_g[:, None] + f_sub[:, sub[cross]] + 0.6 * rng.standard_normal((n, len(cross)))
+    sim = np.corrcoef(x, rowvar=False)
+    res = analyze(sim, n_groups=5)
+    assert adjusted_rand_score(sub, res.groups) == 1.0
+    assert len(res.failed_groups) == 1
+    failed = res.failed_groups[0]
+    assert failed.members == tuple(cross.tolist())
+    assert failed.groups == (0, 1, 2, 3, 4)
+    block = sim[np.ix_(cross, cross)]
+    assert failed.similarity == pytest.approx((block.sum() - 5) / 20)
+    assert analyze(sim, n_groups=5, find_failed=False).failed_groups == ()
+    assert "Failed group over groups [0, 1, 2, 3, 4]" in res.summary_markdown()
+
+
+def test_no_split_or_failed_groups_in_a_clean_hierarchy(planted):
+    sim, _, _ = planted
+    res = analyze(sim, n_groups=3)
+    assert res.split_groups == ()
+    assert res.failed_groups == ()
+
+
+def test_json_summary_has_no_nan(planted):
+    import json
+
+    sim, _, _ = planted
+    res = analyze(sim, n_groups=45)  # singletons: cohesion undefined
+    text = json.dumps(res.to_dict(), allow_nan=False)
+    assert '"cohesion": null' in text
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    ("matrix", "pattern"),
+    [
+        (np.ones((3, 4)), r"square \(m, m\) matrix, but got shape \(3, 4\)"),
+        (np.ones((2, 2, 2)), r"square \(m, m\) matrix, but got shape \(2, 2, 2\)"),
+        (np.ones((1, 1)), r"at least 2 classes, but got shape \(1, 1\)"),
+        (np.array([[1.0, np.nan], [np.nan, 1.0]]), r"finite, but rows \[0, 1\] hold NaN"),
+        (np.array([[1.0, 0.5], [0.2, 1.0]]), r"symmetric, but it differs from its transpose by up to 0.3"),
+    ],
+)
+def test_bad_matrices(matrix, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        analyze(matrix)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"method": "ward2"}, r"`method` to be one of \['single', 'complete', .*\], but got 'ward2'"),
+        ({"distance": "cosine"}, r"`distance` to be one of \['correlation', 'rows'\], but got 'cosine'"),
+        ({"n_groups": 2, "distance_threshold": 0.5}, r"only one of `n_groups` and `distance_threshold`"),
+        ({"n_groups": 0}, r"`n_groups` to be an int in 1..4, but got 0"),
+        ({"n_groups": 2.0}, r"`n_groups` to be an int in 1..4, but got 2.0"),
+        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1, but got 1"),
+        ({"class_names": ["a"]}, r"`class_names` to name all 4 classes, but got 1 names"),
+    ],
+)
+def test_bad_options(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        analyze(np.eye(4), **kwargs)
+
+
+def test_optimal_ordering_warns_above_1000():
+    sim = np.corrcoef(np.random.default_rng(0).standard_normal((1001, 4)))
+    with pytest.warns(UserWarning, match=r"optimal_ordering=True on 1001 classes can take minutes"):
+        analyze(sim, optimal_ordering=True, n_groups=2, find_failed=False)

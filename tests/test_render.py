@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+from conftest import planted_hierarchy
+from matplotlib import colormaps
+from PIL import Image
+
+from lightning_classim import analyze, plot_dendrogram, plot_matrix, render_heatmap, save_png
+
+
+def lut(cmap="RdBu_r"):
+    return (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+def test_colour_lookup_by_hand():
+    mat = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    img = render_heatmap(mat, min_pixels=2)
+    assert img.shape == (2, 2, 3) and img.dtype == np.uint8
+    table = lut()
+    assert (img[0, 0] == table[255]).all() and (img[0, 1] == table[0]).all()
+    mid = render_heatmap(np.zeros((2, 2)), min_pixels=2)
+    assert (mid[0, 0] == table[128]).all()
+
+
+def test_order_permutes_rows_and_columns():
+    mat = np.array([[1.0, 0.5, -0.5], [0.5, 1.0, 0.0], [-0.5, 0.0, 1.0]])
+    order = [2, 0, 1]
+    img = render_heatmap(mat, order, min_pixels=3)
+    expected = render_heatmap(mat[np.ix_(order, order)], min_pixels=3)
+    assert np.array_equal(img, expected)
+
+
+def test_block_average_when_larger_than_the_pixel_budget():
+    m = 100
+    mat = np.random.default_rng(0).uniform(-1, 1, (m, m))
+    mat = (mat + mat.T) / 2
+    img = render_heatmap(mat, max_pixels=25)
+    assert img.shape == (25, 25, 3)
+    block = mat[:4, :4].mean()
+    code = int(np.clip((block + 1) * 127.5 + 0.5, 0, 255))
+    assert (img[0, 0] == lut()[code]).all()
+    # a size that does not divide: 10 classes into at most 4 pixels -> blocks of 3, the last one partial
+    img = render_heatmap(np.ones((10, 10)), max_pixels=16, min_pixels=1)
+    assert img.shape == (10, 10, 3)
+    small = render_heatmap(np.ones((40, 40)), max_pixels=16)
+    assert small.shape == (14, 14, 3)
+
+
+def test_small_matrices_are_enlarged_by_whole_pixels():
+    img = render_heatmap(np.eye(10), min_pixels=384)
+    assert img.shape == (380, 380, 3)
+    assert (img[:38, :38] == img[0, 0]).all()
+
+
+def test_group_outlines_are_drawn_on_block_edges():
+    mat = np.zeros((4, 4))
+    img = render_heatmap(mat, groups=[0, 0, 1, 1], min_pixels=8, line_rgb=(1, 2, 3))  # 2 px per class
+    line = np.all(img == (1, 2, 3), axis=-1)
+    assert line[0, :4].all() and line[3, :4].all() and line[:4, 0].all() and line[:4, 3].all()
+    assert line[4, 4:].all() and line[7, 4:].all()
+    assert not line[1:3, 1:3].any()  # inside of the first block
+    assert not line[0, 5]  # no line across the off-diagonal block
+
+
+def test_nan_cells_are_grey_and_torch_input_works():
+    mat = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])
+    img = render_heatmap(mat, min_pixels=2)
+    assert (img[0, 1] == (200, 200, 200)).all()
+
+
+def test_any_square_matrix_in_the_similarity_order(rng):
+    scores, _top, _ = planted_hierarchy(rng)
+    sim = np.corrcoef(scores, rowvar=False)
+    res = analyze(sim)
+    confusion = rng.integers(0, 50, (45, 45)).astype(float)
+    img = render_heatmap(confusion, res.order, res.groups, vmin=0, vmax=50, cmap="magma")
+    assert img.shape[0] == img.shape[1] == 45 * (384 // 45)
+
+
+def test_png_of_a_planted_hierarchy_decodes_and_shows_blocks(tmp_path, rng):
+    scores, _top, _ = planted_hierarchy(rng)
+    sim = np.corrcoef(scores, rowvar=False)
+    res = analyze(sim)
+    path = save_png(render_heatmap(sim, res.order, res.groups, min_pixels=45), tmp_path / "heat.png")
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape == (45, 45, 3)
+    # within a block the colour is the dark red end (similarity ~0.7+), across blocks it is near white
+    table = lut().astype(int)
+    inside = img[5, 7].astype(int)
+    across = img[5, 40].astype(int)
+    assert np.abs(inside - table[220]).sum() < np.abs(inside - table[128]).sum()
+    assert np.abs(across - table[128]).sum() < 40
+
+
+def test_labelled_figure_and_dendrogram(tmp_path, rng):
+    scores, _top, _ = planted_hierarchy(rng)
+    sim = np.corrcoef(scores, rowvar=False)
+    res = analyze(sim)
+    names = [f"class {i}" for i in range(45)]
+    fig = plot_matrix(sim, res.order, res.groups, class_names=names, title="planted")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [names[i] for i in res.order]
+    assert len(ax.patches) == res.n_groups
+    fig.savefig(tmp_path / "fig.png")
+    dend = plot_dendrogram(res.linkage, res.order, class_names=names)
+    assert len(dend.axes[0].collections[0].get_segments()) == 44
+    dend.savefig(tmp_path / "dend.png")
+    assert Image.open(tmp_path / "fig.png").size[0] > 300
+
+
+def test_dendrogram_of_a_deep_chain_does_not_recurse():
+    from scipy.cluster.hierarchy import linkage
+
+    z = linkage(np.arange(3000.0)[:, None] ** 1.5, "single")  # a 2999-deep tree
+    fig = plot_dendrogram(z)
+    assert len(fig.axes[0].collections[0].get_segments()) == 2999
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"matrix": np.ones((2, 3))}, r"`matrix` to be a square \(m, m\) matrix, but got shape \(2, 3\)"),
+        ({"order": [0, 0, 1]}, r"`order` to be a permutation of range\(3\)"),
+        ({"groups": [0, 1]}, r"`groups` to give one label per class \(3\), but got shape \(2,\)"),
+        ({"vmin": 1.0, "vmax": 1.0}, r"`vmax` > `vmin`, but got vmin=1.0 and vmax=1.0"),
+        ({"max_pixels": 8}, r"`max_pixels` to be an int of at least 16, but got 8"),
+        ({"cmap": "nope"}, r"`cmap` to be a matplotlib colormap name, but got 'nope'"),
+    ],
+)
+def test_render_errors(kwargs, pattern):
+    args = {"matrix": np.eye(3), **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        render_heatmap(**args)
+
+
+def test_plot_matrix_wrong_names():
+    with pytest.raises(ValueError, match=r"`class_names` to name all 3 classes, but got 2 names"):
+        plot_matrix(np.eye(3), class_names=["a", "b"])

@@ -812,9 +812,9 @@ def _failed_groups(
 
     Fuzzy c-means (``c`` in 2, 3 and ``k + 1``) on the rows of the residual matrix: the similarity minus the mean
     similarity of the two classes' groups, i.e. what the flat groups do not already explain. A fuzzy cluster
-    (membership above ``membership``) is a failed group when its members span two groups or more, no group holds more than 3/4 of
-    them, and the mean similarity of members in *different* groups is at least ``ratio`` times the mean
-    within-group similarity.
+    (membership above ``membership``) is a failed group when its members span two groups or more, no group holds
+    more than 3/4 of them, and the mean similarity of members in *different* groups is at least ``ratio`` times
+    the mean within-group similarity.
     """
     m = sim.shape[0]
     if k < 2 or m < 6 or not math.isfinite(cohesion) or cohesion <= 0:

@@ -14,6 +14,7 @@ from lightning_classim.analysis import (
     compare_structures,
     taxonomy_agreement,
 )
+from lightning_classim.callback import ClassSimilarityCallback
 from lightning_classim.functional import class_similarity
 from lightning_classim.metric import ClassSimilarity
 from lightning_classim.render import plot_dendrogram, plot_matrix, render_heatmap, save_png
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassSimilarity",
+    "ClassSimilarityCallback",
     "FailedGroup",
     "GroupSummary",
     "SplitGroup",

@@ -600,16 +600,26 @@ def compare_structures(current: StructureResult, previous: StructureResult) -> d
     }
 
 
+def check_taxonomy(taxonomy: Any, m: int, class_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Validate a taxonomy for ``m`` classes and return its levels (label arrays, coarsest first).
+
+    Raises:
+        ValueError: if a level does not give one label per class, or a dict taxonomy misses class names.
+    """
+    names = list(class_names) if class_names is not None else [str(i) for i in range(m)]
+    return _taxonomy_levels(taxonomy, m, names)
+
+
 def _taxonomy_levels(taxonomy: Any, m: int, class_names: Sequence[str]) -> list[np.ndarray]:
     """Normalise a taxonomy to a list of label arrays, coarsest level first."""
     if isinstance(taxonomy, dict):
         levels = _levels_from_tree(taxonomy, class_names)
     else:
         seq = list(taxonomy)
-        if len(seq) == m and all(np.ndim(x) == 0 for x in seq):
+        if all(np.ndim(x) == 0 for x in seq):
             levels = [seq]
         else:
-            levels = [list(level) for level in seq]
+            levels = [list(level) if np.ndim(level) == 1 else [level] for level in seq]
     out = []
     for i, level in enumerate(levels):
         if len(level) != m:

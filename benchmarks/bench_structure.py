@@ -1,0 +1,90 @@
+"""Time of the structure analysis and of the heatmap rendering, next to their baselines in the same run.
+
+Run: ``python benchmarks/bench_structure.py`` (``--sizes 365 1000`` for a quick run).
+
+For each m, on a similarity matrix of realistic structure (the correlation of low-rank plus noise rows):
+
+* ``analyze``: :func:`lightning_classim.analyze` with its defaults (complete linkage, automatic number of groups by
+  silhouette, summaries, structure metrics, split and failed groups), next to *scipy's linkage alone* as a user
+  would call it on the matrix: ``linkage(squareform(1 - S, checks=False), "complete")``.
+* ``render``: :func:`render_heatmap` (1024 px budget) plus :func:`save_png`, next to matplotlib ``imshow`` +
+  ``savefig`` of the same ordered matrix at full resolution (one pixel per cell, as a user would to see every
+  class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
+
+from lightning_classim import analyze, render_heatmap, save_png
+
+
+def similarity(m: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, max(2, m // 40), m)
+    centres = rng.standard_normal((max(2, m // 40), 300))
+    rows = centres[groups] + 1.5 * rng.standard_normal((m, 300))
+    return np.corrcoef(rows)
+
+
+def best_of(fn: object, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matplotlib_png(mat: np.ndarray, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    m = mat.shape[0]
+    dpi = 100
+    fig = Figure(figsize=(m / dpi, m / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=dpi)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[365, 1000, 4000, 10000])
+    args = parser.parse_args()
+    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs")
+    print(
+        "| m | scipy linkage alone | analyze | analyze/linkage | groups found | render + PNG | "
+        "matplotlib imshow + savefig | matplotlib/render | PNG sizes (ours / matplotlib) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    tmp = tempfile.mkdtemp()
+    for m in args.sizes:
+        sim = similarity(m)
+        repeats = 3 if m <= 4000 else 1
+        t_link = best_of(lambda: linkage(squareform(1 - sim, checks=False), "complete"), repeats)
+        result = analyze(sim)
+        t_an = best_of(lambda: analyze(sim), repeats)
+        ordered = sim[np.ix_(result.order, result.order)]
+        ours = os.path.join(tmp, f"ours_{m}.png")
+        theirs = os.path.join(tmp, f"mpl_{m}.png")
+        t_render = best_of(lambda: save_png(render_heatmap(sim, result.order, result.groups), ours), repeats)
+        t_mpl = best_of(lambda: matplotlib_png(ordered, theirs), 1)
+        size_ours = os.path.getsize(ours) / 1e6
+        size_mpl = os.path.getsize(theirs) / 1e6
+        print(
+            f"| {m} | {t_link:.3f} s | {t_an:.3f} s | {t_an / t_link:.2f}x | {result.n_groups} | {t_render:.3f} s | "
+            f"{t_mpl:.2f} s | {t_mpl / t_render:.1f}x | {size_ours:.2f} MB / {size_mpl:.1f} MB |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The on-disk format of a run's per-epoch snapshots, written by the callback and read back by the command line.
+
+Layout of ``save_dir``::
+
+    save_dir/
+      run.json                          # format version, num_classes, class names, scores, options
+      epoch=0003-step=000120/
+        similarity.npy                  # (m, m) float32, original class order
+        order.npy                       # (m,) int64 leaf order
+        linkage.npy                     # (m - 1, 4) float64 scipy linkage matrix
+        groups.npy                      # (m,) int64 flat group label per class (original order)
+        class_names.json                # list of m names
+        summary.json                    # epoch, step, metrics, groups, split and failed groups
+        heatmap.png                     # the ordered heatmap with group outlines
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_classim.analysis import StructureResult
+from lightning_classim.render import save_png
+
+FORMAT_VERSION = 1
+_SNAPSHOT = re.compile(r"^epoch=(\d+)-step=(\d+)$")
+
+__all__ = ["FORMAT_VERSION", "Snapshot", "list_snapshots", "load_snapshot", "write_run_info", "write_snapshot"]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, json.dumps(obj, indent=1, allow_nan=False).encode())
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+    os.replace(tmp, path)
+
+
+def snapshot_dir(save_dir: str | Path, epoch: int, step: int) -> Path:
+    """Folder of one epoch's snapshot."""
+    return Path(save_dir) / f"epoch={epoch:04d}-step={step:06d}"
+
+
+def write_run_info(save_dir: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``run.json`` (format version and the callback's settings)."""
+    path = Path(save_dir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_json(path, {"format_version": FORMAT_VERSION, **info})
+    return path
+
+
+def write_snapshot(
+    save_dir: str | Path,
+    epoch: int,
+    step: int,
+    result: StructureResult,
+    image: np.ndarray | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write one epoch's file set (see the module docstring) and return its folder."""
+    folder = snapshot_dir(save_dir, epoch, step)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_npy(folder / "similarity.npy", result.similarity.astype(np.float32))
+    _atomic_npy(folder / "order.npy", result.order.astype(np.int64))
+    _atomic_npy(folder / "linkage.npy", result.linkage.astype(np.float64))
+    _atomic_npy(folder / "groups.npy", result.groups.astype(np.int64))
+    _atomic_json(folder / "class_names.json", list(result.class_names))
+    _atomic_json(folder / "summary.json", {"epoch": epoch, "step": step, **(extra or {}), **result.to_dict()})
+    if image is not None:
+        tmp = folder / "heatmap.png.tmp"
+        save_png(image, tmp)
+        os.replace(tmp, folder / "heatmap.png")
+    return folder
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One epoch's artifacts, loaded back."""
+
+    path: Path
+    epoch: int
+    step: int
+    similarity: np.ndarray
+    order: np.ndarray
+    linkage: np.ndarray
+    groups: np.ndarray
+    class_names: tuple[str, ...]
+    summary: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The structure scalars of this epoch."""
+        return dict(self.summary.get("metrics", {}))
+
+
+def list_snapshots(save_dir: str | Path) -> list[Path]:
+    """The snapshot folders under ``save_dir``, by epoch then step."""
+    root = Path(save_dir)
+    found = []
+    for child in root.iterdir() if root.is_dir() else []:
+        match = _SNAPSHOT.match(child.name)
+        if match and child.is_dir() and (child / "summary.json").exists():
+            found.append((int(match.group(1)), int(match.group(2)), child))
+    return [p for _, _, p in sorted(found)]
+
+
+def load_snapshot(folder: str | Path) -> Snapshot:
+    """Load one snapshot folder written by :func:`write_snapshot`.
+
+    Raises:
+        FileNotFoundError: if a file of the set is missing.
+        ValueError: if a file is corrupt or the shapes do not agree.
+    """
+    path = Path(folder)
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        names = json.loads((path / "class_names.json").read_text())
+        sim = np.load(path / "similarity.npy", allow_pickle=False)
+        order = np.load(path / "order.npy", allow_pickle=False)
+        link = np.load(path / "linkage.npy", allow_pickle=False)
+        groups = np.load(path / "groups.npy", allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"Corrupt snapshot in {path}: {err}") from err
+    m = sim.shape[0] if sim.ndim == 2 else -1
+    if sim.ndim != 2 or sim.shape != (m, m) or order.shape != (m,) or groups.shape != (m,) or len(names) != m:
+        raise ValueError(
+            f"Corrupt snapshot in {path}: similarity {sim.shape}, order {order.shape}, groups {groups.shape} and "
+            f"{len(names)} class names do not agree."
+        )
+    return Snapshot(
+        path=path,
+        epoch=int(summary.get("epoch", -1)),
+        step=int(summary.get("step", -1)),
+        similarity=sim,
+        order=order,
+        linkage=link,
+        groups=groups,
+        class_names=tuple(str(n) for n in names),
+        summary=summary,
+    )
+
+
+def names_or_indices(class_names: Sequence[str] | None, m: int) -> list[str]:
+    """Class names, or their indices as strings."""
+    return [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(m)]

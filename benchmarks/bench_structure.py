@@ -69,14 +69,14 @@ def main() -> None:
     for m in args.sizes:
         sim = similarity(m)
         repeats = 3 if m <= 4000 else 1
-        t_link = best_of(lambda: linkage(squareform(1 - sim, checks=False), "complete"), repeats)
+        t_link = best_of(lambda s=sim: linkage(squareform(1 - s, checks=False), "complete"), repeats)
         result = analyze(sim)
-        t_an = best_of(lambda: analyze(sim), repeats)
+        t_an = best_of(lambda s=sim: analyze(s), repeats)
         ordered = sim[np.ix_(result.order, result.order)]
         ours = os.path.join(tmp, f"ours_{m}.png")
         theirs = os.path.join(tmp, f"mpl_{m}.png")
-        t_render = best_of(lambda: save_png(render_heatmap(sim, result.order, result.groups), ours), repeats)
-        t_mpl = best_of(lambda: matplotlib_png(ordered, theirs), 1)
+        t_render = best_of(lambda s=sim, r=result, p=ours: save_png(render_heatmap(s, r.order, r.groups), p), repeats)
+        t_mpl = best_of(lambda o=ordered, p=theirs: matplotlib_png(o, p), 1)
         size_ours = os.path.getsize(ours) / 1e6
         size_mpl = os.path.getsize(theirs) / 1e6
         print(

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if args else 2
-    ns, rest = parser.parse_known_args(args[:1])
+    ns, _rest = parser.parse_known_args(args[:1])
     if ns.command == "demo":
         from lightning_classim.demo import main as demo_main
 

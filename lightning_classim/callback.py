@@ -426,9 +426,9 @@ class ClassSimilarityCallback(Callback):
                 data: dict[str, Any] = dict(scalars)
                 if payload.image is not None:
                     data[f"{prefix}/heatmap"] = wandb.Image(payload.image, caption=f"epoch {payload.epoch}")
-                data[f"{prefix}/groups"] = wandb.Table(columns=payload.table_columns, data=payload.table_rows)
+                data[f"{prefix}/groups"] = wandb.Table(columns=payload.table_columns, data=list(payload.table_rows))  # type: ignore[arg-type]
                 if payload.histogram is not None and payload.histogram.size:
-                    data[f"{prefix}/similarity"] = wandb.Histogram(payload.histogram)
+                    data[f"{prefix}/similarity"] = wandb.Histogram(payload.histogram.tolist())
                 data["trainer/global_step"] = payload.step
                 run.log(data)
                 for key, value in scalars.items():

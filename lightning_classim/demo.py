@@ -1,5 +1,6 @@
-"""``classim demo``: train a small classifier on generated data with a known class hierarchy and watch its
-class-similarity structure form in TensorBoard.
+"""``classim demo``: a small classifier on generated data with a known class hierarchy.
+
+Trains it and logs its class-similarity structure to TensorBoard, epoch by epoch.
 
 The data set is generated (nothing is downloaded): ``superclasses x subclasses`` classes whose prototypes sit
 around superclass centres, so the model should learn a two-level hierarchy. Class names read
@@ -51,7 +52,8 @@ def hierarchical_data(
     """
     if not 1 <= superclasses <= len(SUPERCLASSES) or not 1 <= subclasses <= 6:
         raise ValueError(
-            f"Expected 1..{len(SUPERCLASSES)} superclasses and 1..6 subclasses, but got {superclasses} and {subclasses}."
+            f"Expected 1..{len(SUPERCLASSES)} superclasses and 1..6 subclasses, but got {superclasses} and "
+            f"{subclasses}."
         )
     g = torch.Generator().manual_seed(seed)
     supers = list(SUPERCLASSES)[:superclasses]
@@ -87,23 +89,23 @@ class DemoClassifier(pl.LightningModule):
         self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.fc = nn.Linear(hidden, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return self.fc(self.body(x))
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: D102
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: D102
         x, y = batch
         logits = self(x)
         self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True)
         self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
         return logits
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 

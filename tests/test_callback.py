@@ -156,7 +156,7 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_validate_alone_and_module_hook(tmp_path):
-    train, val, names, _ = small_loaders()
+    _train, val, _names, _ = small_loaders()
 
     class LossOnly(DemoClassifier):
         def validation_step(self, batch, batch_idx):
@@ -175,7 +175,7 @@ def test_validate_alone_and_module_hook(tmp_path):
 
 @pytest.mark.slow
 def test_dict_output_key_every_n_epochs_and_two_instances(tmp_path):
-    train, val, names, _ = small_loaders()
+    train, val, _names, _ = small_loaders()
 
     class DictOut(DemoClassifier):
         def validation_step(self, batch, batch_idx):
@@ -194,7 +194,7 @@ def test_dict_output_key_every_n_epochs_and_two_instances(tmp_path):
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_change_metrics(tmp_path):
-    train, val, names, _ = small_loaders()
+    train, val, _names, _ = small_loaders()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     cb = ClassSimilarityCallback(M, save_dir=tmp_path / "out")
     trainer(tmp_path, [cb, ckpt], epochs=2, enable_checkpointing=True).fit(model(), train, val)
@@ -257,7 +257,7 @@ def test_analysis_errors_are_reported_not_lost(tmp_path, async_analysis):
 
 
 def test_no_scores_gives_a_clear_error(tmp_path):
-    train, val, _, _ = small_loaders()
+    _train, val, _, _ = small_loaders()
 
     class NoScores(DemoClassifier):
         def validation_step(self, batch, batch_idx):

@@ -1,0 +1,98 @@
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_classim.artifacts import list_snapshots, load_snapshot
+from lightning_classim.datasets import read_mulan
+
+ROOT = Path(__file__).resolve().parents[1]
+MULAN = ROOT.parent / "shared" / "data" / "mulan"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_read_mulan_sparse_and_dense_by_hand(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "toy.xml").write_text(
+        '<?xml version="1.0"?><labels xmlns="http://mulan.sourceforge.net/labels">'
+        '<label name="tag a"></label><label name="b"></label></labels>'
+    )
+    header = "@relation toy\n@attribute f0 numeric\n@attribute 'tag a' {0,1}\n@attribute f1 numeric\n@attribute b {0,1}\n@data\n"
+    (folder / "toy-train.arff").write_text(header + "{0 1.5,1 1}\n{2 2,3 1}\n{}\n")
+    (folder / "toy-test.arff").write_text(header + "% a comment\n0.5,0,3,1\n")
+    train = read_mulan(folder)
+    assert train.label_names == ("tag a", "b") and train.feature_names == ("f0", "f1")
+    np.testing.assert_array_equal(train.x, [[1.5, 0], [0, 2], [0, 0]])
+    np.testing.assert_array_equal(train.y, [[1, 0], [0, 1], [0, 0]])
+    test = read_mulan(folder, "test")
+    np.testing.assert_array_equal(test.x, [[0.5, 3]])
+    np.testing.assert_array_equal(test.y, [[0, 1]])
+    with pytest.raises(FileNotFoundError, match=r"toy-valid.arff, but it does not exist"):
+        read_mulan(folder, "valid")
+    (folder / "toy-bad.arff").write_text(header + "{0 x}\n")
+    with pytest.raises(ValueError, match=r"Cannot parse data row at .*toy-bad.arff:7"):
+        read_mulan(folder, "bad")
+
+
+@pytest.mark.skipif(not (MULAN / "enron").exists(), reason="Mulan data (../shared/data/mulan) is not on this machine")
+def test_read_real_mulan_sets():
+    enron = read_mulan(MULAN / "enron")
+    assert enron.x.shape == (1123, 1001) and enron.y.shape == (1123, 53)
+    assert enron.y.sum(1).mean() == pytest.approx(3.4, abs=0.05)  # labels per sample, as the data's README says
+    assert {n.split(".")[0] for n in enron.label_names} == {"A", "B", "C", "D"}
+    delicious = read_mulan(MULAN / "delicious", "test")
+    assert delicious.x.shape == (3185, 500) and delicious.y.shape == (3185, 983)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MULAN / "enron").exists(), reason="Mulan data (../shared/data/mulan) is not on this machine")
+def test_multilabel_example_on_enron(tmp_path):
+    out = load_example("multilabel_mulan").main(
+        ["--data", str(MULAN / "enron"), "--epochs", "2", "--out", str(tmp_path)]
+    )
+    snaps = list_snapshots(out)
+    assert len(snaps) == 2
+    snap = load_snapshot(snaps[-1])
+    assert snap.similarity.shape == (53, 53)
+    assert "taxonomy_ari" in snap.metrics
+
+
+@pytest.mark.slow
+def test_plain_lightning_example(tmp_path):
+    load_example("plain_lightning").main(out=str(tmp_path), epochs=1)
+    assert len(list(tmp_path.rglob("heatmap.png"))) == 1
+
+
+@pytest.mark.slow
+def test_classim_demo_console_script(tmp_path):
+    proc = subprocess.run(
+        ["classim", "demo", "--out", str(tmp_path), "--epochs", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"tensorboard --logdir {tmp_path} --samples_per_plugin images=1000" in proc.stdout
+    assert len(list(tmp_path.rglob("heatmap.png"))) == 2
+
+
+def test_command_line_usage():
+    ok = subprocess.run([sys.executable, "-m", "lightning_classim", "demo", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "example: classim demo" in ok.stdout
+    assert subprocess.run([sys.executable, "-m", "lightning_classim", "--help"], capture_output=True).returncode == 0
+    none = subprocess.run([sys.executable, "-m", "lightning_classim"], capture_output=True, text=True)
+    assert none.returncode == 2
+    bad = subprocess.run([sys.executable, "-m", "lightning_classim", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
+    epochs = subprocess.run(
+        [sys.executable, "-m", "lightning_classim", "demo", "--epochs", "0"], capture_output=True, text=True
+    )
+    assert epochs.returncode == 2 and "--epochs must be at least 1, got 0" in epochs.stderr

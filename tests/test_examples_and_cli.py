@@ -27,7 +27,10 @@ def test_read_mulan_sparse_and_dense_by_hand(tmp_path):
         '<?xml version="1.0"?><labels xmlns="http://mulan.sourceforge.net/labels">'
         '<label name="tag a"></label><label name="b"></label></labels>'
     )
-    header = "@relation toy\n@attribute f0 numeric\n@attribute 'tag a' {0,1}\n@attribute f1 numeric\n@attribute b {0,1}\n@data\n"
+    header = (
+        "@relation toy\n@attribute f0 numeric\n@attribute 'tag a' {0,1}\n"
+        "@attribute f1 numeric\n@attribute b {0,1}\n@data\n"
+    )
     (folder / "toy-train.arff").write_text(header + "{0 1.5,1 1}\n{2 2,3 1}\n{}\n")
     (folder / "toy-test.arff").write_text(header + "% a comment\n0.5,0,3,1\n")
     train = read_mulan(folder)

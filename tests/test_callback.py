@@ -426,3 +426,29 @@ def test_history_is_empty_before_fit():
         warnings.simplefilter("error")
         assert cb.state_dict() == {"version": 1}
         cb.load_state_dict({})
+
+
+@pytest.mark.slow
+def test_pending_analysis_is_finished_when_training_crashes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, val, _, _ = small_loaders()
+
+    class CrashesInEpoch1(DemoClassifier):
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    pl.seed_everything(0, verbose=False)
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    cb = ClassSimilarityCallback(M, save_dir=tmp_path / "out")
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [cb], logger=tb, epochs=3).fit(
+            CrashesInEpoch1(in_dim=16, num_classes=M, hidden=32), train, val
+        )
+    assert len(list_snapshots(tmp_path / "out")) == 1  # epoch 0 was analysed and written
+    assert [h["epoch"] for h in cb.history] == [0]  # and handed to the loggers
+    acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    assert len(acc.Images("classim/heatmap")) == 1

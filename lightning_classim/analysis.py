@@ -943,15 +943,7 @@ def analyze(
     _check_choice("distance", distance, DistanceKind)
     sim = as_similarity_matrix(similarity)
     m = sim.shape[0]
-    if n_groups is not None and distance_threshold is not None:
-        raise ValueError(
-            f"Expected only one of `n_groups` and `distance_threshold`, but got n_groups={n_groups} and "
-            f"distance_threshold={distance_threshold}. Drop one of them."
-        )
-    if n_groups is not None and (isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= m):
-        raise ValueError(f"Expected argument `n_groups` to be an int in 1..{m}, but got {n_groups!r}.")
-    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 2:
-        raise ValueError(f"Expected argument `max_groups` to be an int larger than 1, but got {max_groups!r}.")
+    check_group_args(n_groups, distance_threshold, max_groups, m)
     names = _check_names(class_names, m)
     if previous is not None and previous.num_classes != m:
         raise ValueError(
@@ -1039,6 +1031,24 @@ def analyze(
     if taxonomy is not None:
         metrics.update(taxonomy_agreement(z, taxonomy, names))
     return result
+
+
+def check_group_args(n_groups: Any, distance_threshold: Any, max_groups: Any, m: int) -> None:
+    """Validate the options that choose the flat groups (shared by :func:`analyze` and the callback).
+
+    Raises:
+        ValueError: if both ``n_groups`` and ``distance_threshold`` are given, ``n_groups`` is not an int in
+            ``1..m`` or ``max_groups`` is not an int larger than 1.
+    """
+    if n_groups is not None and distance_threshold is not None:
+        raise ValueError(
+            f"Expected only one of `n_groups` and `distance_threshold`, but got n_groups={n_groups} and "
+            f"distance_threshold={distance_threshold}. Drop one of them."
+        )
+    if n_groups is not None and (isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= m):
+        raise ValueError(f"Expected argument `n_groups` to be an int in 1..{m}, but got {n_groups!r}.")
+    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 2:
+        raise ValueError(f"Expected argument `max_groups` to be an int larger than 1, but got {max_groups!r}.")
 
 
 def _positions(order: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from lightning_classim.analysis import (
     StructureResult,
     _check_choice,
     analyze,
+    check_group_args,
     check_taxonomy,
 )
 from lightning_classim.artifacts import write_run_info, write_snapshot
@@ -135,20 +136,10 @@ class ClassSimilarityCallback(Callback):
                 f"Expected argument `tag_prefix` to be a non-empty name without leading or trailing '/', but got "
                 f"{tag_prefix!r}."
             )
-        if n_groups is not None and distance_threshold is not None:
-            raise ValueError(
-                f"Expected only one of `n_groups` and `distance_threshold`, but got n_groups={n_groups} and "
-                f"distance_threshold={distance_threshold}. Drop one of them."
-            )
-        if n_groups is not None and (
-            isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= num_classes
-        ):
-            raise ValueError(f"Expected argument `n_groups` to be an int in 1..{num_classes}, but got {n_groups!r}.")
         # fail here, at construction, not after the first validation epoch
         _check_choice("method", method, LinkageMethod)
         _check_choice("distance", distance, DistanceKind)
-        if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 2:
-            raise ValueError(f"Expected argument `max_groups` to be an int larger than 1, but got {max_groups!r}.")
+        check_group_args(n_groups, distance_threshold, max_groups, num_classes)
         render_heatmap(np.eye(2), max_pixels=max_pixels, cmap=cmap)  # checks max_pixels and cmap
         if taxonomy is not None:
             check_taxonomy(taxonomy, num_classes, class_names)

@@ -629,8 +629,6 @@ def _taxonomy_levels(taxonomy: Any, m: int, class_names: Sequence[str]) -> list[
                 "dict whose leaves are class names."
             )
         out.append(np.unique(np.asarray([str(x) for x in level]), return_inverse=True)[1].ravel())
-    if not out:
-        raise ValueError("Expected argument `taxonomy` to have at least one level, but got none.")
     return out
 
 

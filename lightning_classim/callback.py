@@ -26,6 +26,7 @@ from lightning_classim.analysis import (
     LinkageMethod,
     StructureResult,
     _check_choice,
+    _check_order,
     analyze,
     check_group_args,
     check_taxonomy,
@@ -88,6 +89,9 @@ class ClassSimilarityCallback(Callback):
         cmap: matplotlib colormap of the heatmap.
         async_analysis: analyse, render and write on a worker thread so training goes on meanwhile (the loggers
             are called from the training thread, at its next step or at the end of fit).
+        reference: draw the logged heatmaps in a fixed class order, to compare runs image by image: a previous
+            run's folder (its last epoch's order and groups) or an order array. The analysis still computes this
+            run's own order and groups (saved to disk as usual); only the pictures use the reference.
 
     Raises:
         ValueError: for bad arguments (at construction); for a bad environment (at ``setup``).
@@ -122,6 +126,7 @@ class ClassSimilarityCallback(Callback):
         max_pixels: int = 1024,
         cmap: str = "RdBu_r",
         async_analysis: bool = True,
+        reference: str | Path | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         _check_args(num_classes, scores, nan_strategy, "zero")
@@ -165,6 +170,11 @@ class ClassSimilarityCallback(Callback):
         self.max_pixels = max_pixels
         self.cmap = cmap
         self.async_analysis = async_analysis
+        self.reference = reference
+        self._ref_order: np.ndarray | None = None
+        self._ref_groups: np.ndarray | None = None
+        if reference is not None and not isinstance(reference, (str, Path)):
+            self._ref_order = _check_order(reference, num_classes, "reference")
 
         self.metric = ClassSimilarity(num_classes, scores=scores, multilabel=multilabel, nan_strategy=nan_strategy)
         self._active = False
@@ -199,6 +209,19 @@ class ClassSimilarityCallback(Callback):
         log_dir = trainer.log_dir  # collective under DDP: every rank asks
         if self.save_dir is None:
             self.save_dir = Path(log_dir or trainer.default_root_dir) / self.tag_prefix
+        if isinstance(self.reference, (str, Path)) and self._ref_order is None:
+            from lightning_classim.runs import RunError, load_run
+
+            try:
+                ref = load_run(self.reference).snapshots[-1]
+            except RunError as err:
+                raise ValueError(f"Expected argument `reference` to be a readable run folder, but: {err}") from None
+            if ref.similarity.shape[0] != self.num_classes:
+                raise ValueError(
+                    f"Expected argument `reference` to be a run over {self.num_classes} classes, but "
+                    f"{self.reference} has {ref.similarity.shape[0]}."
+                )
+            self._ref_order, self._ref_groups = ref.order.astype(np.intp), ref.groups
         if self.module is not None and self._hook is None:
             try:
                 target = pl_module.get_submodule(self.module)
@@ -220,6 +243,7 @@ class ClassSimilarityCallback(Callback):
                     "multilabel": self.multilabel,
                     "tag_prefix": self.tag_prefix,
                     "analysis": {k: v for k, v in self.analysis_kwargs.items() if k != "taxonomy"},
+                    "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
                 },
             )
 
@@ -338,9 +362,11 @@ class ClassSimilarityCallback(Callback):
         with self._lock:
             previous = self._previous
         result = analyze(sim, class_names=self.class_names, previous=previous, **self.analysis_kwargs)
-        image = render_heatmap(
-            result.similarity, result.order, result.groups, max_pixels=self.max_pixels, cmap=self.cmap
-        )
+        if self._ref_order is not None:  # the reference's order (and its groups, when it came from a run folder)
+            order, groups = self._ref_order, self._ref_groups
+        else:
+            order, groups = result.order, result.groups
+        image = render_heatmap(result.similarity, order, groups, max_pixels=self.max_pixels, cmap=self.cmap)
         assert self.save_dir is not None
         write_snapshot(self.save_dir, epoch, step, result, image, extra={"constant_classes": constant})
         with self._lock:

@@ -152,19 +152,23 @@ def run_demo(out_dir: str | Path = "classim_demo", epochs: int = 12, seed: int =
     return callback.save_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``classim demo``."""
-    parser = argparse.ArgumentParser(
-        prog="classim demo",
-        description="Train a small classifier on generated data with a known class hierarchy (8 superclasses x 6 "
-        "subclasses) and log its class-similarity structure to TensorBoard.",
-        epilog="example: classim demo --out classim_demo --epochs 12",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``classim demo``."""
     parser.add_argument("--out", default="classim_demo", help="TensorBoard log folder (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+
+
+DESCRIPTION = (
+    "Train a small classifier on generated data with a known class hierarchy (8 superclasses x 6 subclasses) and "
+    "log its class-similarity structure to TensorBoard."
+)
+EPILOG = "example:\n  classim demo --out classim_demo --epochs 12"
+
+
+def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``classim demo`` with parsed arguments."""
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -179,4 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         "(TensorBoard keeps only 10 images per tag by default, too few to follow the evolution; images=1000 keeps "
         "up to 1000 epochs. On TensorBoard 2.21, images=0 shows no image at all.)"
     )
+    print(f"A report of the run: classim report {artifacts}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``classim demo`` on its own."""
+    parser = argparse.ArgumentParser(
+        prog="classim demo",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv), parser)

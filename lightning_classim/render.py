@@ -76,7 +76,8 @@ def render_heatmap(
 
     Args:
         matrix: ``(m, m)`` numpy array or torch tensor. NaN cells are drawn grey.
-        order: the row/column order, a permutation of ``range(m)`` (default: as given).
+        order: the row/column order, a permutation of ``range(m)`` (default: as given), or a reference run's folder
+            (its last epoch's order), so that two runs are drawn in one order.
         groups: a group label per class (original class order); the boundaries are drawn where the label changes
             along ``order``.
         max_pixels: largest side of the image; ``m`` above it is block-averaged.
@@ -106,6 +107,10 @@ def render_heatmap(
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 16:
         raise ValueError(f"Expected argument `max_pixels` to be an int of at least 16, but got {max_pixels!r}.")
     lut = _lut(cmap)
+    if isinstance(order, (str, Path)):
+        from lightning_classim.runs import reference_order
+
+        order = reference_order(order, m)
     if order is not None:
         idx = _check_order(order, m)
         mat = mat[np.ix_(idx, idx)]

@@ -89,7 +89,7 @@ def test_classim_demo_console_script(tmp_path):
 
 def test_command_line_usage():
     ok = subprocess.run([sys.executable, "-m", "lightning_classim", "demo", "--help"], capture_output=True, text=True)
-    assert ok.returncode == 0 and "example: classim demo" in ok.stdout
+    assert ok.returncode == 0 and "example:\n  classim demo --out" in ok.stdout
     assert subprocess.run([sys.executable, "-m", "lightning_classim", "--help"], capture_output=True).returncode == 0
     none = subprocess.run([sys.executable, "-m", "lightning_classim"], capture_output=True, text=True)
     assert none.returncode == 2

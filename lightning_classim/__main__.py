@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 
-from lightning_classim import demo
+DEMO_DESCRIPTION = (
+    "Train a small classifier on generated data with a known class hierarchy (8 superclasses x 6 subclasses) and "
+    "log its class-similarity structure to TensorBoard."
+)
 
 EXAMPLES = {
+    "demo": "example:\n  classim demo --out classim_demo --epochs 12",
     "report": (
         "examples:\n  classim report lightning_logs/version_0/classim\n  classim report classim_demo --out report/"
     ),
@@ -40,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{demo,report,compare,export}")
     sub.required = True
-    p = sub.add_parser("demo", help="train a small model and log its structure", description=demo.DESCRIPTION,
-                       epilog=demo.EPILOG, formatter_class=raw)  # fmt: skip
-    demo.add_arguments(p)
+    p = sub.add_parser("demo", help="train a small model and log its structure", description=DEMO_DESCRIPTION,
+                       epilog=EXAMPLES["demo"], formatter_class=raw)  # fmt: skip
+    p.add_argument("--out", default="classim_demo", help="TensorBoard log folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p = sub.add_parser("report", help="report of one run: metrics, heatmaps, group changes",
                        description="Write a report of one run: the structure scalars over epochs, the heatmaps of all "
                        "epochs in the last epoch's order (grid and animated GIF), the classes that changed group, "
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
+            from lightning_classim import demo  # imports torch and Lightning: only for the demo
+
             return demo.run_cli(args, parser)
         if args.command == "report":
             folder = write_report(args.run, args.out)

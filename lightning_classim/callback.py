@@ -27,6 +27,8 @@ from lightning_classim.analysis import (
     StructureResult,
     _check_choice,
     _check_order,
+    _offdiag_pearson,
+    adjusted_rand_index,
     analyze,
     check_group_args,
     check_taxonomy,
@@ -35,10 +37,23 @@ from lightning_classim.artifacts import write_run_info, write_snapshot
 from lightning_classim.functional import NanStrategy, ScoresType, _check_args
 from lightning_classim.metric import ClassSimilarity
 from lightning_classim.render import render_heatmap
+from lightning_classim.sources import ClassFeatureSimilarity, LabelCooccurrence, confusion_similarity, weight_similarity
 
 __all__ = ["ClassSimilarityCallback"]
 
 _HIST_MAX_VALUES = 1_000_000
+
+
+@dataclass
+class _Panel:
+    """One source's pictures and tables of one epoch (``path`` is ``""`` for the primary source)."""
+
+    path: str
+    image: np.ndarray | None = None
+    markdown: str = ""
+    table_columns: list[str] = field(default_factory=list)
+    table_rows: list[list[Any]] = field(default_factory=list)
+    histogram: np.ndarray | None = None
 
 
 @dataclass
@@ -48,11 +63,45 @@ class _Payload:
     epoch: int
     step: int
     scalars: dict[str, float]
-    image: np.ndarray | None = None
-    markdown: str = ""
-    table_columns: list[str] = field(default_factory=list)
-    table_rows: list[list[Any]] = field(default_factory=list)
-    histogram: np.ndarray | None = None
+    panels: list[_Panel] = field(default_factory=list)
+
+
+SOURCE_KINDS = ("scores", "features", "welch", "weights", "confusion", "cooccurrence")
+_NEEDS_MODULE = ("features", "welch", "weights")
+_NEEDS_TARGETS = ("features", "welch", "confusion", "cooccurrence")
+
+
+@dataclass(frozen=True)
+class _Source:
+    spec: str  # as the user wrote it, e.g. "features:layer4"
+    kind: str
+    module: str | None
+
+    @property
+    def tag(self) -> str:
+        """Name in tags and folders: ``features_layer4``."""
+        return self.spec.replace(":", "_").replace(".", "_").replace("/", "_")
+
+
+def _parse_sources(sources: Sequence[str]) -> list[_Source]:
+    if isinstance(sources, str) or not sources:
+        raise ValueError(
+            f"Expected argument `sources` to be a non-empty list of source names, but got {sources!r}. "
+            'Example: sources=["scores", "features:layer4", "weights:fc", "confusion", "cooccurrence"].'
+        )
+    parsed = []
+    for spec in sources:
+        kind, _, module = str(spec).partition(":")
+        if kind not in SOURCE_KINDS or (kind in _NEEDS_MODULE) != bool(module):
+            raise ValueError(
+                f"Expected every entry of `sources` to be one of 'scores', 'confusion', 'cooccurrence', "
+                f"'features:<module>', 'welch:<module>' or 'weights:<module>', but got {spec!r}."
+            )
+        parsed.append(_Source(str(spec), kind, module or None))
+    specs = [p.spec for p in parsed]
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"Expected the entries of `sources` to be distinct, but got {specs}.")
+    return parsed
 
 
 class ClassSimilarityCallback(Callback):
@@ -89,6 +138,14 @@ class ClassSimilarityCallback(Callback):
         cmap: matplotlib colormap of the heatmap.
         async_analysis: analyse, render and write on a worker thread so training goes on meanwhile (the loggers
             are called from the training thread, at its next step or at the end of fit).
+        sources: the similarity views to compute, the first one being the *primary* (its order is used for every
+            picture, and the others are compared with it): ``"scores"`` (the paper's score correlation),
+            ``"features:<module>"`` (cosine of per-class mean features of that submodule's output),
+            ``"welch:<module>"`` (cosine of per-class Welch t statistics of those features), ``"weights:<module>"``
+            (cosine of that layer's weight rows; no data needed), ``"confusion"`` (symmetrised confusion rates,
+            single-label) and ``"cooccurrence"`` (label co-occurrence IoU of the targets).
+        target_key: where the targets are in a validation batch (for the sources that need them): an index into a
+            tuple/list batch (default 1: ``(x, y)``) or a key of a dict batch.
         reference: draw the logged heatmaps in a fixed class order, to compare runs image by image: a previous
             run's folder (its last epoch's order and groups) or an order array. The analysis still computes this
             run's own order and groups (saved to disk as usual); only the pictures use the reference.
@@ -127,6 +184,8 @@ class ClassSimilarityCallback(Callback):
         cmap: str = "RdBu_r",
         async_analysis: bool = True,
         reference: str | Path | Sequence[int] | None = None,
+        sources: Sequence[str] = ("scores",),
+        target_key: int | str = 1,
     ) -> None:
         super().__init__()
         _check_args(num_classes, scores, nan_strategy, "zero")
@@ -148,6 +207,8 @@ class ClassSimilarityCallback(Callback):
         render_heatmap(np.eye(2), max_pixels=max_pixels, cmap=cmap)  # checks max_pixels and cmap
         if taxonomy is not None:
             check_taxonomy(taxonomy, num_classes, class_names)
+        self.sources = _parse_sources(sources)
+        self.target_key = target_key
         self.num_classes = num_classes
         self.class_names = [str(n) for n in class_names] if class_names is not None else None
         self.scores: ScoresType = scores
@@ -177,6 +238,23 @@ class ClassSimilarityCallback(Callback):
             self._ref_order = _check_order(reference, num_classes, "reference")
 
         self.metric = ClassSimilarity(num_classes, scores=scores, multilabel=multilabel, nan_strategy=nan_strategy)
+        kinds = {src.kind for src in self.sources}
+        self._needs_scores = bool(kinds & {"scores", "confusion"})
+        self._needs_targets = bool(kinds & set(_NEEDS_TARGETS))
+        self._source_metrics: dict[str, Any] = {}
+        for src in self.sources:
+            if src.kind == "confusion":
+                from torchmetrics.classification import MulticlassConfusionMatrix
+
+                self._source_metrics[src.spec] = MulticlassConfusionMatrix(num_classes, validate_args=False)
+            elif src.kind == "cooccurrence":
+                self._source_metrics[src.spec] = LabelCooccurrence(num_classes)
+            elif src.kind in ("features", "welch"):
+                self._source_metrics[src.spec] = None  # created at the first batch, when the width is known
+        self._source_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._captured: dict[str, Tensor] = {}
+        self._last_scores: Tensor | None = None
+        self._previous_sources: dict[str, StructureResult] = {}
         self._active = False
         self._seen_batches = 0
         self._hook: torch.utils.hooks.RemovableHandle | None = None
@@ -223,15 +301,17 @@ class ClassSimilarityCallback(Callback):
                 )
             self._ref_order, self._ref_groups = ref.order.astype(np.intp), ref.groups
         if self.module is not None and self._hook is None:
-            try:
-                target = pl_module.get_submodule(self.module)
-            except AttributeError:
-                names = [n for n, _ in pl_module.named_modules() if n][:20]
-                raise ValueError(
-                    f"Expected argument `module` to name a submodule of {type(pl_module).__name__}, but got "
-                    f"{self.module!r}. Submodules: {names}."
-                ) from None
+            target = self._submodule(pl_module, self.module, "module")
             self._hook = target.register_forward_hook(self._capture_hook)
+        if not self._source_hooks:
+            for src in self.sources:
+                if src.module is None:
+                    continue
+                layer = self._submodule(pl_module, src.module, f"sources ({src.spec!r})")
+                if src.kind == "weights":
+                    weight_similarity(layer, self.num_classes)  # checks the rows now, not after the first epoch
+                else:
+                    self._source_hooks.append(layer.register_forward_hook(self._feature_hook(src.spec)))
         if trainer.is_global_zero:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             write_run_info(
@@ -244,8 +324,31 @@ class ClassSimilarityCallback(Callback):
                     "tag_prefix": self.tag_prefix,
                     "analysis": {k: v for k, v in self.analysis_kwargs.items() if k != "taxonomy"},
                     "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
+                    "sources": [src.spec for src in self.sources],
+                    "source": self.sources[0].spec,
                 },
             )
+            for src in self.sources[1:]:
+                write_run_info(
+                    self.save_dir / "sources" / src.tag,
+                    {
+                        "num_classes": self.num_classes,
+                        "class_names": self.class_names or [str(i) for i in range(self.num_classes)],
+                        "source": src.spec,
+                        "primary": self.sources[0].spec,
+                    },
+                )
+
+    @staticmethod
+    def _submodule(pl_module: pl.LightningModule, name: str, argument: str) -> torch.nn.Module:
+        try:
+            return pl_module.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in pl_module.named_modules() if n][:20]
+            raise ValueError(
+                f"Expected argument `{argument}` to name a submodule of {type(pl_module).__name__}, but got "
+                f"{name!r}. Submodules: {names}."
+            ) from None
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -253,6 +356,9 @@ class ClassSimilarityCallback(Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for handle in self._source_hooks:
+            handle.remove()
+        self._source_hooks = []
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -274,6 +380,10 @@ class ClassSimilarityCallback(Callback):
         if self._active:
             self.metric.reset()
             self.metric.to(pl_module.device)
+            for metric in self._source_metrics.values():
+                if metric is not None:
+                    metric.reset()
+                    metric.to(pl_module.device)
 
     def _capture_hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         if not self._active:
@@ -287,7 +397,16 @@ class ClassSimilarityCallback(Callback):
                 f"scores (N, {self.num_classes}), but got {type(output).__name__}. Name the module that outputs the "
                 "logits (e.g. the final linear layer)."
             )
-        self._update(out.flatten(0, -2) if out.ndim > 2 else out)
+        self._last_scores = (out.flatten(0, -2) if out.ndim > 2 else out).detach()
+
+    def _feature_hook(self, spec: str) -> Any:
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if self._active:
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                if isinstance(out, Tensor):
+                    self._captured[spec] = out.detach()
+
+        return hook
 
     def _update(self, scores: Tensor) -> None:
         if scores.ndim == 2 and scores.shape[1] != self.num_classes:
@@ -309,8 +428,49 @@ class ClassSimilarityCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active or self.module is not None:
+        if not self._active:
             return
+        scores = self._scores_of(outputs) if self._needs_scores else None
+        if scores is not None and "scores" in {src.kind for src in self.sources}:
+            self._update(scores)
+        if not self._needs_targets:
+            return
+        target = self._targets_of(batch)
+        for src in self.sources:
+            metric: Any = self._source_metrics.get(src.spec)
+            if src.kind == "confusion":
+                if target.ndim != 1:
+                    raise ValueError(
+                        f"Source 'confusion' needs single-label targets (class indices of shape (N,)), but got shape "
+                        f"{tuple(target.shape)}. Use 'cooccurrence' for multi-label targets."
+                    )
+                assert scores is not None
+                metric.update(scores.argmax(dim=1), target.to(scores.device))
+            elif src.kind == "cooccurrence":
+                metric.update(target)
+            elif src.kind in ("features", "welch"):
+                features = self._captured.pop(src.spec, None)
+                if features is None:
+                    raise ValueError(
+                        f"Source {src.spec!r} captured no output of module {src.module!r} in this validation step. "
+                        "Name a submodule that runs in the model's forward pass."
+                    )
+                if metric is None:
+                    metric = ClassFeatureSimilarity(
+                        self.num_classes, int(features.shape[1]), statistic="welch" if src.kind == "welch" else "mean"
+                    ).to(features.device)
+                    self._source_metrics[src.spec] = metric
+                metric.update(features, target.to(features.device))
+
+    def _scores_of(self, outputs: Any) -> Tensor:
+        if self.module is not None:
+            scores, self._last_scores = self._last_scores, None
+            if scores is None:
+                raise ValueError(
+                    f"ClassSimilarityCallback(module={self.module!r}) captured no output in this validation step. "
+                    "Name a submodule that runs in the model's forward pass."
+                )
+            return scores
         scores = outputs.get(self.output_key) if isinstance(outputs, dict) else outputs
         if not isinstance(scores, Tensor) or scores.ndim != 2:
             got = (
@@ -326,7 +486,25 @@ class ClassSimilarityCallback(Callback):
                 f"'{self.output_key}' (see `output_key=`), or pass `module=` naming the submodule that outputs them "
                 "(e.g. module='fc')."
             )
-        self._update(scores)
+        return scores
+
+    def _targets_of(self, batch: Any) -> Tensor:
+        key = self.target_key
+        try:
+            target = batch[key]
+        except (KeyError, IndexError, TypeError):
+            needing = [src.spec for src in self.sources if src.kind in _NEEDS_TARGETS]
+            shape = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(
+                f"Sources {needing} need the targets, but the validation batch ({shape}) has nothing at "
+                f"target_key={key!r}. Set `target_key=` to the targets' index or key in the batch."
+            ) from None
+        if not isinstance(target, Tensor):
+            raise ValueError(
+                f"Expected the targets at target_key={key!r} of the batch to be a tensor, but got "
+                f"{type(target).__name__}. Set `target_key=` to the targets' index or key in the batch."
+            )
+        return target
 
     # ------------------------------------------------------------------------------------------ epoch end
 
@@ -336,44 +514,118 @@ class ClassSimilarityCallback(Callback):
             return
         self._active = False
         start = time.perf_counter()
-        matrix = self.metric.compute()  # collective: every rank takes part in the sync
+        matrices = self._compute_sources(trainer, pl_module)  # collective: every rank takes part in each sync
         if not trainer.is_global_zero:
             return
         epoch, step = trainer.current_epoch, trainer.global_step
-        sim = matrix.detach().cpu().numpy()
-        constant = self.metric.constant_classes.tolist()
+        constant = self.metric.constant_classes.tolist() if "scores" in matrices else []
         if self.async_analysis:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="classim")
-            self._pending.append(self._executor.submit(self._analyse, sim, epoch, step, constant))
+            self._pending.append(self._executor.submit(self._analyse, matrices, epoch, step, constant))
         else:
             future: concurrent.futures.Future[_Payload] = concurrent.futures.Future()
             try:
-                future.set_result(self._analyse(sim, epoch, step, constant))
+                future.set_result(self._analyse(matrices, epoch, step, constant))
             except Exception as err:  # reported by _drain like a worker error
                 future.set_exception(err)
             self._pending.append(future)
             self._drain(trainer)
         self.epoch_end_wait_s.append(time.perf_counter() - start)
 
-    def _analyse(self, sim: np.ndarray, epoch: int, step: int, constant: list[int]) -> _Payload:
-        """Analyse, render and write one epoch (worker thread). Returns what the loggers get."""
+    def _compute_sources(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, np.ndarray]:
+        """Every source's (m, m) matrix, in the order of ``sources`` (the same order on every rank)."""
+        out: dict[str, np.ndarray] = {}
+        for src in self.sources:
+            metric: Any = self._source_metrics.get(src.spec)
+            if src.kind == "scores":
+                matrix = self.metric.compute()
+            elif src.kind == "confusion":
+                matrix = confusion_similarity(metric.compute())
+            elif src.kind == "cooccurrence":
+                matrix = metric.compute()
+            elif src.kind == "weights":
+                assert src.module is not None
+                matrix = weight_similarity(pl_module.get_submodule(src.module), self.num_classes)
+            else:  # features, welch: a rank that saw no batch learns the width from the others
+                width = 0 if metric is None else metric.num_features
+                width = int(trainer.strategy.reduce(torch.tensor(width, device=pl_module.device), reduce_op="max"))
+                if width == 0:
+                    raise ValueError(f"Source {src.spec!r} saw no features on any process in this epoch.")
+                if metric is None:
+                    metric = ClassFeatureSimilarity(
+                        self.num_classes, width, statistic="welch" if src.kind == "welch" else "mean"
+                    ).to(pl_module.device)
+                    self._source_metrics[src.spec] = metric
+                matrix = metric.compute()
+            out[src.spec] = matrix.detach().cpu().float().numpy()
+        return out
+
+    def _analyse(self, matrices: dict[str, np.ndarray], epoch: int, step: int, constant: list[int]) -> _Payload:
+        """Analyse, render and write one epoch, every source (worker thread). Returns what the loggers get."""
         start = time.perf_counter()
-        with self._lock:
-            previous = self._previous
-        result = analyze(sim, class_names=self.class_names, previous=previous, **self.analysis_kwargs)
-        if self._ref_order is not None:  # the reference's order (and its groups, when it came from a run folder)
-            order, groups = self._ref_order, self._ref_groups
-        else:
-            order, groups = result.order, result.groups
-        image = render_heatmap(result.similarity, order, groups, max_pixels=self.max_pixels, cmap=self.cmap)
         assert self.save_dir is not None
-        write_snapshot(self.save_dir, epoch, step, result, image, extra={"constant_classes": constant})
-        with self._lock:
-            self._previous = result
-        scalars = {k: float(v) for k, v in result.metrics.items() if np.isfinite(v)}
+        primary = self.sources[0]
+        scalars: dict[str, float] = {}
+        panels: list[_Panel] = []
+        results: dict[str, StructureResult] = {}
+        order: np.ndarray | None = None
+        groups: np.ndarray | None = None
+        for src in self.sources:
+            with self._lock:
+                previous = self._previous if src is primary else self._previous_sources.get(src.spec)
+            result = analyze(
+                matrices[src.spec], class_names=self.class_names, previous=previous, **self.analysis_kwargs
+            )
+            results[src.spec] = result
+            if src is primary:
+                if self._ref_order is not None:  # the reference's order (and groups, when it came from a run folder)
+                    order, groups = self._ref_order, self._ref_groups
+                else:
+                    order, groups = result.order, result.groups
+            # pictures in the primary order; correlations on [-1, 1], rates and IoU on [0, their 99th percentile]
+            vmin, vmax, cmap = -1.0, 1.0, self.cmap
+            if src.kind in ("confusion", "cooccurrence"):
+                vmin, vmax, cmap = 0.0, _upper_quantile(result.similarity), "magma"
+            image = render_heatmap(
+                result.similarity, order, groups, max_pixels=self.max_pixels, cmap=cmap, vmin=vmin, vmax=vmax
+            )
+            extra: dict[str, Any] = {"source": src.spec}
+            if src is primary:
+                extra["constant_classes"] = constant
+            folder = self.save_dir if src is primary else self.save_dir / "sources" / src.tag
+            write_snapshot(folder, epoch, step, result, image, extra=extra)
+            with self._lock:
+                if src is primary:
+                    self._previous = result
+                else:
+                    self._previous_sources[src.spec] = result
+            prefix = "" if src is primary else f"{src.tag}/"
+            for key, value in result.metrics.items():
+                if np.isfinite(value):
+                    scalars[prefix + key] = float(value)
+            if src is not primary:
+                base = results[primary.spec]
+                scalars[f"agreement/{src.tag}/matrix_corr"] = _offdiag_pearson(
+                    base.similarity.astype(np.float64), result.similarity.astype(np.float64)
+                )
+                scalars[f"agreement/{src.tag}/group_ari"] = adjusted_rand_index(base.groups, result.groups)
+            panels.append(self._panel("" if src is primary else src.tag, result, image))
         scalars["constant_classes"] = float(len(constant))
-        columns = ["group", "size", "cohesion", "separation", "nearest", "members"]
+        if self.analysis_kwargs.get("taxonomy") is not None and len(self.sources) > 1:
+            fits = {src.spec: results[src.spec].metrics.get("taxonomy_tree_corr", float("nan")) for src in self.sources}
+            best = max(fits, key=lambda k: -np.inf if not np.isfinite(fits[k]) else fits[k])
+            lines = ["| source | taxonomy tree corr | taxonomy ARI |", "| --- | ---: | ---: |"]
+            for src in self.sources:
+                m = results[src.spec].metrics
+                lines.append(f"| {src.spec} | {m.get('taxonomy_tree_corr', float('nan')):.3f} | "
+                             f"{m.get('taxonomy_ari', float('nan')):.3f} |")  # fmt: skip
+            panels[0].markdown += f"\n\nSource closest to the taxonomy: **{best}**\n\n" + "\n".join(lines)
+        self.analysis_s.append(time.perf_counter() - start)
+        return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels)
+
+    @staticmethod
+    def _panel(path: str, result: StructureResult, image: np.ndarray) -> _Panel:
         rows = [
             [
                 g.group,
@@ -385,14 +637,11 @@ class ClassSimilarityCallback(Callback):
             ]
             for g in result.summary
         ]
-        self.analysis_s.append(time.perf_counter() - start)
-        return _Payload(
-            epoch=epoch,
-            step=step,
-            scalars=scalars,
+        return _Panel(
+            path=path,
             image=image,
             markdown=result.summary_markdown(),
-            table_columns=columns,
+            table_columns=["group", "size", "cohesion", "separation", "nearest", "members"],
             table_rows=rows,
             histogram=_offdiag_sample(result.similarity),
         )
@@ -426,14 +675,19 @@ class ClassSimilarityCallback(Callback):
     def _log(self, logger: Logger, payload: _Payload) -> None:
         prefix = self.tag_prefix
         scalars = {f"{prefix}/{k}": v for k, v in payload.scalars.items()}
+
+        def tag(panel: _Panel, name: str) -> str:
+            return f"{prefix}/{panel.path}/{name}" if panel.path else f"{prefix}/{name}"
+
         try:
             if isinstance(logger, TensorBoardLogger):
                 writer = logger.experiment
-                if payload.image is not None:
-                    writer.add_image(f"{prefix}/heatmap", payload.image, payload.step, dataformats="HWC")
-                writer.add_text(f"{prefix}/groups", payload.markdown, payload.step)
-                if payload.histogram is not None and payload.histogram.size:
-                    writer.add_histogram(f"{prefix}/similarity", payload.histogram, payload.step)
+                for panel in payload.panels:
+                    if panel.image is not None:
+                        writer.add_image(tag(panel, "heatmap"), panel.image, payload.step, dataformats="HWC")
+                    writer.add_text(tag(panel, "groups"), panel.markdown, payload.step)
+                    if panel.histogram is not None and panel.histogram.size:
+                        writer.add_histogram(tag(panel, "similarity"), panel.histogram, payload.step)
                 logger.log_metrics(scalars, payload.step)
                 writer.flush()
             elif isinstance(logger, WandbLogger):
@@ -441,11 +695,15 @@ class ClassSimilarityCallback(Callback):
 
                 run = logger.experiment
                 data: dict[str, Any] = dict(scalars)
-                if payload.image is not None:
-                    data[f"{prefix}/heatmap"] = wandb.Image(payload.image, caption=f"epoch {payload.epoch}")
-                data[f"{prefix}/groups"] = wandb.Table(columns=payload.table_columns, data=list(payload.table_rows))  # type: ignore[arg-type]
-                if payload.histogram is not None and payload.histogram.size:
-                    data[f"{prefix}/similarity"] = wandb.Histogram(payload.histogram.tolist())
+                for panel in payload.panels:
+                    if panel.image is not None:
+                        data[tag(panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {payload.epoch}")
+                    data[tag(panel, "groups")] = wandb.Table(
+                        columns=list(panel.table_columns),  # type: ignore[arg-type]
+                        data=list(panel.table_rows),  # type: ignore[arg-type]
+                    )
+                    if panel.histogram is not None and panel.histogram.size:
+                        data[tag(panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
                 data["trainer/global_step"] = payload.step
                 run.log(data)
                 for key, value in scalars.items():
@@ -506,33 +764,49 @@ class ClassSimilarityCallback(Callback):
             concurrent.futures.wait([future])
         with self._lock:
             prev = self._previous
+            others = dict(self._previous_sources)
         if prev is None:
             return {"version": 1}
-        return {
-            "version": 1,
-            "num_classes": self.num_classes,
-            "similarity": torch.from_numpy(prev.similarity.copy()),
-            "order": torch.from_numpy(prev.order.astype(np.int64)),
-            "groups": torch.from_numpy(prev.groups.astype(np.int64)),
-        }
+        return {"version": 1, "num_classes": self.num_classes, **_result_state(prev),
+                "sources": {spec: _result_state(r) for spec, r in others.items()}}  # fmt: skip
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("similarity") is None or state_dict.get("num_classes", self.num_classes) != self.num_classes:
             return
-        sim = state_dict["similarity"].numpy().astype(np.float32)
-        order = state_dict["order"].numpy().astype(np.intp)
-        groups = state_dict["groups"].numpy().astype(np.intp)
+        names = tuple(self.class_names or [str(i) for i in range(self.num_classes)])
         with self._lock:
-            self._previous = StructureResult(
-                similarity=sim,
-                order=order,
-                linkage=np.zeros((0, 4)),
-                groups=groups,
-                summary=(),
-                metrics={},
-                class_names=tuple(self.class_names or [str(i) for i in range(self.num_classes)]),
-            )
+            self._previous = _result_from_state(state_dict, names)
+            self._previous_sources = {
+                spec: _result_from_state(state, names) for spec, state in state_dict.get("sources", {}).items()
+            }
+
+
+def _result_state(result: StructureResult) -> dict[str, Tensor]:
+    """What a later epoch needs of an earlier analysis (drift, group ARI, orientation)."""
+    return {
+        "similarity": torch.from_numpy(result.similarity.copy()),
+        "order": torch.from_numpy(result.order.astype(np.int64)),
+        "groups": torch.from_numpy(result.groups.astype(np.int64)),
+    }
+
+
+def _result_from_state(state: dict[str, Any], names: tuple[str, ...]) -> StructureResult:
+    return StructureResult(
+        similarity=state["similarity"].numpy().astype(np.float32),
+        order=state["order"].numpy().astype(np.intp),
+        linkage=np.zeros((0, 4)),
+        groups=state["groups"].numpy().astype(np.intp),
+        summary=(),
+        metrics={},
+        class_names=names,
+    )
+
+
+def _upper_quantile(sim: np.ndarray, q: float = 0.99) -> float:
+    """The q-quantile of the off-diagonal values (the top of the colour scale for rates and IoU), at least 1e-6."""
+    values = _offdiag_sample(sim)
+    return max(float(np.quantile(values, q)) if values.size else 1.0, 1e-6)
 
 
 def _none_if_nan(value: float) -> float | None:

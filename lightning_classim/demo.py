@@ -152,21 +152,6 @@ def run_demo(out_dir: str | Path = "classim_demo", epochs: int = 12, seed: int =
     return callback.save_dir
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``classim demo``."""
-    parser.add_argument("--out", default="classim_demo", help="TensorBoard log folder (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-DESCRIPTION = (
-    "Train a small classifier on generated data with a known class hierarchy (8 superclasses x 6 subclasses) and "
-    "log its class-similarity structure to TensorBoard."
-)
-EPILOG = "example:\n  classim demo --out classim_demo --epochs 12"
-
-
 def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``classim demo`` with parsed arguments."""
     if args.epochs < 1:
@@ -188,12 +173,7 @@ def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``classim demo`` on its own."""
-    parser = argparse.ArgumentParser(
-        prog="classim demo",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run_cli(parser.parse_args(argv), parser)
+    """Entry point of ``classim demo`` on its own (same as ``classim demo ...``)."""
+    from lightning_classim.__main__ import main as classim_main
+
+    return classim_main(["demo", *(argv or [])])

@@ -10,12 +10,13 @@ from lightning_classim.demo import DemoClassifier, loaders
 
 if __name__ == "__main__":
     out, devices = sys.argv[1], int(sys.argv[2])
+    sources = sys.argv[3].split(",") if len(sys.argv) > 3 else ["scores"]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     # 12 classes x 60 samples -> 144 validation samples: divisible by 2, so the distributed sampler pads nothing
     _, val, names, _ = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
     net = DemoClassifier(in_dim=16, num_classes=12, hidden=32)
-    cb = ClassSimilarityCallback(12, class_names=names, save_dir=f"{out}/classim")
+    cb = ClassSimilarityCallback(12, class_names=names, save_dir=f"{out}/classim", sources=sources)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,

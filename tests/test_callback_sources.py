@@ -1,0 +1,189 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
+from sklearn.metrics import confusion_matrix
+from sklearn.metrics.pairwise import cosine_similarity
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_classim import ClassSimilarityCallback, render_heatmap
+from lightning_classim.artifacts import list_snapshots, load_snapshot
+from lightning_classim.demo import DemoClassifier, loaders
+
+M = 12
+ALL = ["scores", "features:body", "welch:body", "weights:fc", "confusion", "cooccurrence"]
+
+
+def fit(tmp_path, callback, net=None, train=None, val=None, epochs=2, logger=None):
+    if train is None:
+        train, val, _, _ = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
+    if net is None:
+        pl.seed_everything(0, verbose=False)
+        net = DemoClassifier(in_dim=16, num_classes=M, hidden=32)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=logger if logger is not None else False, callbacks=[callback],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(net, train, val)
+    return net, val
+
+
+@pytest.mark.slow
+def test_all_sources_against_independent_references(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, names, parents = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
+    cb = ClassSimilarityCallback(M, class_names=names, sources=ALL, taxonomy=parents, save_dir=tmp_path / "out")
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    net, val = fit(tmp_path, cb, logger=tb)
+
+    net.eval()
+    with torch.no_grad():
+        xs, ys = zip(*[(x, y) for x, y in val])
+        x, y = torch.cat(xs), torch.cat(ys).numpy()
+        feats = net.body(x).double().numpy()
+        logits = net(x).numpy()
+    onehot = np.eye(M)[y]
+    snap = {src: load_snapshot(list_snapshots(tmp_path / "out" / "sources" / src)[-1]) for src in
+            ["features_body", "welch_body", "weights_fc", "confusion", "cooccurrence"]}  # fmt: skip
+    primary = load_snapshot(list_snapshots(tmp_path / "out")[-1])
+    np.testing.assert_allclose(primary.similarity, np.corrcoef(logits, rowvar=False), atol=1e-5)
+    means = (onehot.T @ feats) / onehot.sum(0)[:, None]
+    np.testing.assert_allclose(snap["features_body"].similarity, cosine_similarity(means), atol=1e-5)
+    w = net.fc.weight.detach().numpy()
+    np.testing.assert_allclose(snap["weights_fc"].similarity, cosine_similarity(w), atol=1e-5)
+    conf = confusion_matrix(y, logits.argmax(1), labels=range(M)).astype(float)
+    rates = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ref = (rates + rates.T) / 2
+    np.fill_diagonal(ref, 1)
+    np.testing.assert_allclose(snap["confusion"].similarity, ref, atol=1e-6)
+    np.testing.assert_allclose(snap["cooccurrence"].similarity, np.eye(M), atol=0)  # single-label: no co-occurrence
+    assert snap["welch_body"].summary["source"] == "welch:body"
+
+    # each source is logged under its own tag, drawn in the primary's order
+    acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for src in snap:
+        assert len(acc.Images(f"classim/{src}/heatmap")) == 2, src
+        assert f"classim/{src}/n_groups" in tags["scalars"]
+        assert f"classim/agreement/{src}/matrix_corr" in tags["scalars"]
+        assert f"classim/agreement/{src}/group_ari" in tags["scalars"]
+    logged = np.asarray(Image.open(snap["features_body"].path / "heatmap.png").convert("RGB"))
+    expected = render_heatmap(snap["features_body"].similarity, primary.order, primary.groups)
+    assert np.array_equal(logged, expected)
+    text = acc.Tensors("classim/groups/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "Source closest to the taxonomy:" in text
+    matrix_corr = acc.Scalars("classim/agreement/features_body/matrix_corr")[-1].value
+    off = lambda s: s[~np.eye(M, dtype=bool)]  # noqa: E731
+    assert matrix_corr == pytest.approx(
+        np.corrcoef(off(primary.similarity), off(snap["features_body"].similarity))[0, 1], abs=1e-5
+    )
+    # the resumable state has every source's last epoch
+    state = cb.state_dict()
+    assert set(state["sources"]) == set(ALL[1:])
+
+
+class MultiLabelNet(pl.LightningModule):
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, m)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.binary_cross_entropy_with_logits(self.fc(batch[0]), batch[1].float())
+
+    def validation_step(self, batch, batch_idx):
+        return self.fc(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+@pytest.mark.slow
+def test_multilabel_cooccurrence_next_to_scores(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 10)).astype(np.float32)
+    y = (x[:, :6] + 0.5 * rng.standard_normal((600, 6)) > 0.5).astype(np.int64)
+    y[:, 1] |= y[:, 0]
+    data = TensorDataset(torch.tensor(x), torch.tensor(y))
+    cb = ClassSimilarityCallback(6, multilabel=True, sources=["scores", "cooccurrence"], save_dir=tmp_path / "o")
+    fit(
+        tmp_path,
+        cb,
+        net=MultiLabelNet(10, 6),
+        train=DataLoader(data, batch_size=100),
+        val=DataLoader(data, batch_size=128),
+    )
+    c = y.T.astype(float) @ y
+    d = np.diag(c)
+    iou = c / (d[:, None] + d[None, :] - c)
+    np.fill_diagonal(iou, 1)
+    snap = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "cooccurrence")[-1])
+    np.testing.assert_allclose(snap.similarity, iou, atol=1e-6)
+
+
+def test_bad_sources_at_construction():
+    with pytest.raises(ValueError, match=r"one of 'scores', 'confusion', .* but got 'features'"):
+        ClassSimilarityCallback(M, sources=["scores", "features"])
+    with pytest.raises(ValueError, match=r"but got 'pixels'"):
+        ClassSimilarityCallback(M, sources=["pixels"])
+    with pytest.raises(ValueError, match=r"but got 'confusion:fc'"):
+        ClassSimilarityCallback(M, sources=["confusion:fc"])
+    with pytest.raises(ValueError, match=r"distinct, but got \['scores', 'scores'\]"):
+        ClassSimilarityCallback(M, sources=["scores", "scores"])
+    with pytest.raises(ValueError, match=r"`sources` to be a non-empty list of source names, but got 'scores'"):
+        ClassSimilarityCallback(M, sources="scores")
+
+
+def test_missing_layer_and_wrong_weight_rows(tmp_path):
+    with pytest.raises(ValueError, match=r"`sources \('features:layer4'\)` to name a submodule of DemoClassifier"):
+        fit(tmp_path, ClassSimilarityCallback(M, sources=["scores", "features:layer4"], save_dir=tmp_path))
+    with pytest.raises(ValueError, match=r"one row per class \(12\), but got shape \(32, 16\)"):
+        fit(tmp_path, ClassSimilarityCallback(M, sources=["weights:body.0"], save_dir=tmp_path))
+
+
+def test_targets_missing_or_multilabel_for_confusion(tmp_path):
+    x = torch.randn(64, 16)
+    only_x = DataLoader(TensorDataset(x), batch_size=32)
+
+    class NoTargets(DemoClassifier):
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).sum()
+
+        def validation_step(self, batch, batch_idx):
+            return self(batch[0])
+
+    cb = ClassSimilarityCallback(M, sources=["scores", "cooccurrence"], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Sources \['cooccurrence'\] need the targets, but the validation batch "
+                                         r"\(list\) has nothing at target_key=1"):  # fmt: skip
+        fit(tmp_path, cb, net=NoTargets(in_dim=16, num_classes=M, hidden=8), train=only_x, val=only_x, epochs=1)
+    multi = DataLoader(TensorDataset(x, torch.randint(0, 2, (64, M))), batch_size=32)
+    cb = ClassSimilarityCallback(M, sources=["scores", "confusion"], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"'confusion' needs single-label targets .* got shape \(32, 12\)"):
+        fit(tmp_path, cb, net=NoTargets(in_dim=16, num_classes=M, hidden=8), train=multi, val=multi, epochs=1)
+
+
+@pytest.mark.slow
+def test_ddp_sources_match_single_process(tmp_path):
+    script = Path(__file__).with_name("ddp_validate_script.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    sims = {}
+    for n in (1, 2):
+        out = tmp_path / f"dev{n}"
+        proc = subprocess.run([sys.executable, str(script), str(out), str(n), "scores,features:body,welch:body,cooccurrence"],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sims[n] = {
+            tag: load_snapshot(list_snapshots(out / "classim" / "sources" / tag)[0]).similarity
+            for tag in ("features_body", "welch_body", "cooccurrence")
+        }
+    for tag in sims[1]:
+        np.testing.assert_allclose(sims[2][tag], sims[1][tag], atol=1e-5, err_msg=tag)

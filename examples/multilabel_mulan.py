@@ -1,10 +1,12 @@
-"""Multi-label: a small MLP trained with BCE on a real Mulan data set, the callback with `multilabel=True`.
+"""Multi-label: a small MLP trained with BCE on a real Mulan data set, the callback with `multilabel=True`,
+the score-based matrix next to the label co-occurrence matrix of the same validation set.
 
 The data is read at run time from a Mulan folder (this project's ../shared/data/mulan/<name>; nothing is
 downloaded or copied). Enron (53 labels) has an explicit label hierarchy, A.* / B.* / C.* / D.*, passed as the
 taxonomy; Delicious (983 tags) and Bibtex (159 tags) have none.
 
-Run: python examples/multilabel_mulan.py [--data ../shared/data/mulan/enron] [--epochs 15]
+Run: python examples/multilabel_mulan.py [--data ../shared/data/mulan/delicious] [--epochs 15]
+Writes side_by_side.png (scores | co-occurrence, both in the score-based order) next to the TensorBoard logs.
 """
 
 import argparse
@@ -22,7 +24,7 @@ from lightning_classim.datasets import read_mulan
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan" / "enron"
 
 
-class MultiLabelMLP(pl.LightningModule):
+class MultiLabelMLP(pl.LightningModule):  # noqa: D101
     def __init__(self, in_dim: int, num_labels: int, hidden: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, num_labels))
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     taxonomy = [n.split(".")[0] for n in names] if all("." in n for n in names) else None
     callback = ClassSimilarityCallback(
-        len(names), class_names=names, multilabel=True, taxonomy=taxonomy, tag_prefix="classim"
+        len(names), class_names=names, multilabel=True, taxonomy=taxonomy, sources=["scores", "cooccurrence"]
     )
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", logger=TensorBoardLogger(args.out, name=args.data.name),
@@ -71,14 +73,32 @@ def main(argv: list[str] | None = None) -> Path:
         DataLoader(tensors(test), batch_size=512),
     )
     last = callback.last_result
-    assert last is not None
+    assert last is not None and callback.save_dir is not None
     print(f"\n{args.data.name}: {len(names)} labels, {last.n_groups} groups; files in {callback.save_dir}")
-    for group in sorted(last.summary, key=lambda g: -g.cohesion if g.size > 1 else 1)[:8]:
-        print(
-            f"  group {group.group} (cohesion {group.cohesion:.2f}, {group.size} labels): {', '.join(group.names[:10])}"
-        )
-    assert callback.save_dir is not None
+    for group in sorted(last.summary, key=lambda g: -g.cohesion if g.size > 2 else 1)[:10]:
+        members = ", ".join(n.removeprefix("TAG_") for n in group.names[:12])
+        print(f"  group {group.group} (cohesion {group.cohesion:.2f}, {group.size} labels): {members}")
+    side_by_side(callback.save_dir, Path(args.out) / args.data.name / "side_by_side.png")
     return callback.save_dir
+
+
+def side_by_side(save_dir: Path, out: Path) -> Path:
+    """The last epoch's score-based matrix and the co-occurrence IoU, both in the score-based order."""
+    import numpy as np
+
+    from lightning_classim import render_heatmap, save_png
+    from lightning_classim.artifacts import list_snapshots, load_snapshot
+
+    scores = load_snapshot(list_snapshots(save_dir)[-1])
+    cooc = load_snapshot(list_snapshots(save_dir / "sources" / "cooccurrence")[-1])
+    off = cooc.similarity[~np.eye(len(cooc.order), dtype=bool)]
+    left = render_heatmap(scores.similarity, scores.order, scores.groups, max_pixels=600)
+    right = render_heatmap(cooc.similarity, scores.order, scores.groups, max_pixels=600, cmap="magma", vmin=0,
+                           vmax=max(float(np.quantile(off, 0.99)), 1e-6))  # fmt: skip
+    gap = np.full((left.shape[0], 12, 3), 255, dtype=np.uint8)
+    path = save_png(np.concatenate([left, gap, right], axis=1), out)
+    print(f"scores | co-occurrence (same order): {path}")
+    return path
 
 
 if __name__ == "__main__":

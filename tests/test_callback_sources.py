@@ -178,7 +178,8 @@ def test_ddp_sources_match_single_process(tmp_path):
     sims = {}
     for n in (1, 2):
         out = tmp_path / f"dev{n}"
-        proc = subprocess.run([sys.executable, str(script), str(out), str(n), "scores,features:body,welch:body,cooccurrence"],
+        sources = "scores,features:body,welch:body,cooccurrence"
+        proc = subprocess.run([sys.executable, str(script), str(out), str(n), sources],
                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         sims[n] = {

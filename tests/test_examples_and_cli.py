@@ -99,3 +99,23 @@ def test_command_line_usage():
         [sys.executable, "-m", "lightning_classim", "demo", "--epochs", "0"], capture_output=True, text=True
     )
     assert epochs.returncode == 2 and "--epochs must be at least 1, got 0" in epochs.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (MULAN / "delicious").exists(), reason="Mulan data (../shared/data/mulan) is not on this machine"
+)
+def test_delicious_example_scores_next_to_cooccurrence(tmp_path):
+    data = MULAN / "delicious"
+    out = load_example("multilabel_mulan").main(["--data", str(data), "--epochs", "1", "--out", str(tmp_path)])
+    test = read_mulan(data, "test")
+    y = test.y.astype(np.float64)
+    c = y.T @ y
+    d = np.diag(c)
+    union = d[:, None] + d[None, :] - c
+    iou = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
+    np.fill_diagonal(iou, 1.0)
+    cooc = load_snapshot(list_snapshots(out / "sources" / "cooccurrence")[-1])
+    np.testing.assert_allclose(cooc.similarity, iou, atol=1e-6)
+    assert load_snapshot(list_snapshots(out)[-1]).similarity.shape == (983, 983)
+    assert (tmp_path / "delicious" / "side_by_side.png").exists()

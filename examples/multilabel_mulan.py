@@ -24,7 +24,7 @@ from lightning_classim.datasets import read_mulan
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan" / "enron"
 
 
-class MultiLabelMLP(pl.LightningModule):  # noqa: D101
+class MultiLabelMLP(pl.LightningModule):
     def __init__(self, in_dim: int, num_labels: int, hidden: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, num_labels))

@@ -101,8 +101,8 @@ class DemoClassifier(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:  # noqa: D102
         x, y = batch
         logits = self(x)
-        self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
         return logits
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102

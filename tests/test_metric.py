@@ -347,3 +347,30 @@ def test_ddp_ranks_with_different_batch_sizes(tmp_path, rng):
     shards = [list(x[:300].split(7)), list(x[300:].split(512))]
     outs = _run_ddp(tmp_path, shards, scores="ranks")
     np.testing.assert_allclose(outs[0].numpy(), ref_corr(rankdata(x.double().numpy(), axis=1)), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_inside_a_lightning_module(rng):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.tensor(correlated_scores(rng, 900, 6) + 100, dtype=torch.float32)
+    results = []
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.similarity = ClassSimilarity(6)  # an attribute: moves with the module
+
+        def validation_step(self, batch, batch_idx):
+            self.similarity.update(batch[0])
+
+        def on_validation_epoch_end(self):
+            results.append(self.similarity.compute())
+            self.similarity.reset()
+
+    module = Module()
+    assert "similarity.s2" not in module.state_dict()  # states are not checkpointed (documented choice)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, DataLoader(TensorDataset(x), batch_size=128), verbose=False)
+    np.testing.assert_allclose(results[0].numpy(), ref_corr(x.double().numpy()), atol=1e-5)

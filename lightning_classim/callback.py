@@ -256,7 +256,6 @@ class ClassSimilarityCallback(Callback):
         self._last_scores: Tensor | None = None
         self._previous_sources: dict[str, StructureResult] = {}
         self._active = False
-        self._seen_batches = 0
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: collections.deque[concurrent.futures.Future[_Payload]] = collections.deque()
@@ -376,7 +375,6 @@ class ClassSimilarityCallback(Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._drain(trainer)
         self._active = self._should_run(trainer)
-        self._seen_batches = 0
         if self._active:
             self.metric.reset()
             self.metric.to(pl_module.device)
@@ -416,7 +414,6 @@ class ClassSimilarityCallback(Callback):
                 "`output_key=` or `module=`."
             )
         self.metric.update(scores.detach())
-        self._seen_batches += 1
 
     @override
     def on_validation_batch_end(

@@ -21,11 +21,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, optimal_leaf_ordering
 from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+from lightning_classim._checks import check_choice as _check_choice
 
 LinkageMethod = Literal["single", "complete", "average", "weighted", "ward", "centroid", "median"]
 DistanceKind = Literal["correlation", "rows"]
@@ -234,12 +236,6 @@ def _md_escape(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-
-def _check_choice(name: str, value: object, literal: object) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}.")
 
 
 def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float = 1e-5) -> np.ndarray:

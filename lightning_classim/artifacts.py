@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +157,3 @@ def load_snapshot(folder: str | Path) -> Snapshot:
         class_names=tuple(str(n) for n in names),
         summary=summary,
     )
-
-
-def names_or_indices(class_names: Sequence[str] | None, m: int) -> list[str]:
-    """Class names, or their indices as strings."""
-    return [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(m)]

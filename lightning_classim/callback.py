@@ -317,7 +317,7 @@ class ClassSimilarityCallback(Callback):
                 self.save_dir,
                 {
                     "num_classes": self.num_classes,
-                    "class_names": self.class_names or [str(i) for i in range(self.num_classes)],
+                    "class_names": self._names(),
                     "scores": self.scores,
                     "multilabel": self.multilabel,
                     "tag_prefix": self.tag_prefix,
@@ -332,11 +332,15 @@ class ClassSimilarityCallback(Callback):
                     self.save_dir / "sources" / src.tag,
                     {
                         "num_classes": self.num_classes,
-                        "class_names": self.class_names or [str(i) for i in range(self.num_classes)],
+                        "class_names": self._names(),
                         "source": src.spec,
                         "primary": self.sources[0].spec,
                     },
                 )
+
+    def _names(self) -> list[str]:
+        """The class names, or the class indices as strings."""
+        return self.class_names or [str(i) for i in range(self.num_classes)]
 
     @staticmethod
     def _submodule(pl_module: pl.LightningModule, name: str, argument: str) -> torch.nn.Module:
@@ -581,9 +585,10 @@ class ClassSimilarityCallback(Callback):
                 else:
                     order, groups = result.order, result.groups
             # pictures in the primary order; correlations on [-1, 1], rates and IoU on [0, their 99th percentile]
+            values = _offdiag_sample(result.similarity)  # for the histogram, and the colour scale of rates / IoU
             vmin, vmax, cmap = -1.0, 1.0, self.cmap
             if src.kind in ("confusion", "cooccurrence"):
-                vmin, vmax, cmap = 0.0, _upper_quantile(result.similarity), "magma"
+                vmin, vmax, cmap = 0.0, _upper_quantile(values), "magma"
             image = render_heatmap(
                 result.similarity, order, groups, max_pixels=self.max_pixels, cmap=cmap, vmin=vmin, vmax=vmax
             )
@@ -607,7 +612,7 @@ class ClassSimilarityCallback(Callback):
                     base.similarity.astype(np.float64), result.similarity.astype(np.float64)
                 )
                 scalars[f"agreement/{src.tag}/group_ari"] = adjusted_rand_index(base.groups, result.groups)
-            panels.append(self._panel("" if src is primary else src.tag, result, image))
+            panels.append(self._panel("" if src is primary else src.tag, result, image, values))
         scalars["constant_classes"] = float(len(constant))
         if self.analysis_kwargs.get("taxonomy") is not None and len(self.sources) > 1:
             fits = {src.spec: results[src.spec].metrics.get("taxonomy_tree_corr", float("nan")) for src in self.sources}
@@ -622,7 +627,7 @@ class ClassSimilarityCallback(Callback):
         return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels)
 
     @staticmethod
-    def _panel(path: str, result: StructureResult, image: np.ndarray) -> _Panel:
+    def _panel(path: str, result: StructureResult, image: np.ndarray, values: np.ndarray) -> _Panel:
         rows = [
             [
                 g.group,
@@ -640,7 +645,7 @@ class ClassSimilarityCallback(Callback):
             markdown=result.summary_markdown(),
             table_columns=["group", "size", "cohesion", "separation", "nearest", "members"],
             table_rows=rows,
-            histogram=_offdiag_sample(result.similarity),
+            histogram=values,
         )
 
     # ------------------------------------------------------------------------------------------ logging
@@ -771,7 +776,7 @@ class ClassSimilarityCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("similarity") is None or state_dict.get("num_classes", self.num_classes) != self.num_classes:
             return
-        names = tuple(self.class_names or [str(i) for i in range(self.num_classes)])
+        names = tuple(self._names())
         with self._lock:
             self._previous = _result_from_state(state_dict, names)
             self._previous_sources = {
@@ -800,9 +805,8 @@ def _result_from_state(state: dict[str, Any], names: tuple[str, ...]) -> Structu
     )
 
 
-def _upper_quantile(sim: np.ndarray, q: float = 0.99) -> float:
-    """The q-quantile of the off-diagonal values (the top of the colour scale for rates and IoU), at least 1e-6."""
-    values = _offdiag_sample(sim)
+def _upper_quantile(values: np.ndarray, q: float = 0.99) -> float:
+    """The q-quantile of off-diagonal values (the top of the colour scale for rates and IoU), at least 1e-6."""
     return max(float(np.quantile(values, q)) if values.size else 1.0, 1e-6)
 
 

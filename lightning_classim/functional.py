@@ -24,11 +24,14 @@ diagonal of 1 (``undefined="zero"``) or NaN (``undefined="nan"``).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
+
+from lightning_classim._checks import check_choice as _check_choice
+from lightning_classim._checks import check_num_classes
 
 ScoresType = Literal["logits", "probs", "ranks"]
 NanStrategy = Literal["error", "skip"]
@@ -37,18 +40,8 @@ UndefinedPolicy = Literal["zero", "nan"]
 __all__ = ["class_similarity"]
 
 
-def _check_choice(name: str, value: object, literal: object) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}.")
-
-
 def _check_args(num_classes: object, scores: object, nan_strategy: object, undefined: object) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"Expected argument `num_classes` to be an int larger than 1, but got {num_classes!r}. "
-            "Pass the number of output columns of your classifier."
-        )
+    check_num_classes(num_classes)
     _check_choice("scores", scores, ScoresType)
     _check_choice("nan_strategy", nan_strategy, NanStrategy)
     _check_choice("undefined", undefined, UndefinedPolicy)

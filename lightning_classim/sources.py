@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_classim.functional import _check_choice, _warn_constant
+from lightning_classim._checks import check_choice as _check_choice
+from lightning_classim._checks import check_num_classes as _check_num_classes
+from lightning_classim.functional import _warn_constant
 
 __all__ = [
     "ClassFeatureSimilarity",
@@ -32,11 +34,6 @@ __all__ = [
 
 CooccurrenceNorm = Literal["iou", "none"]
 FeatureStatistic = Literal["mean", "welch"]
-
-
-def _check_num_classes(num_classes: object) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"Expected argument `num_classes` to be an int larger than 1, but got {num_classes!r}.")
 
 
 def _targets_to_multihot(target: Tensor, num_classes: int, name: str = "target") -> Tensor:

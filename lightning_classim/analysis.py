@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, optimal_leaf_ordering
+from scipy.cluster.hierarchy import cophenet, fcluster, is_monotonic, leaves_list, optimal_leaf_ordering
 from scipy.cluster.hierarchy import linkage as scipy_linkage
+from scipy.sparse import csr_matrix
+from scipy.spatial.distance import squareform
 
 from lightning_classim._checks import check_choice as _check_choice
 
@@ -38,7 +40,10 @@ OPTIMAL_ORDERING_MAX = 3000
 #: Above this many classes, ``optimal_ordering=True`` warns that it will be slow.
 OPTIMAL_ORDERING_WARN = 1000
 _SILHOUETTE_SAMPLE = 1000
-_BLOCK_ROWS = 512
+#: Fuzzifier of the fuzzy c-means behind failed groups.
+_FUZZ = 1.5
+#: Chunk of the passes over all pairs: 64 KB buffers stay in cache and off the page-faulting mmap path.
+_CHUNK = 1 << 13
 
 __all__ = [
     "FailedGroup",
@@ -263,13 +268,14 @@ def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float 
         )
     if mat.shape[0] < 2:
         raise ValueError(f"Expected argument `{name}` to have at least 2 classes, but got shape {mat.shape}.")
-    if not np.isfinite(mat).all():
+    # one tile pass: a non-finite entry makes its tile's difference NaN or infinite, so finiteness comes for free
+    asym = _max_asymmetry(mat)
+    if not math.isfinite(asym):
         bad = np.unique(np.nonzero(~np.isfinite(mat))[0])
         raise ValueError(
             f"Expected argument `{name}` to be finite, but rows {bad[:10].tolist()} hold NaN or infinite values. "
             "Compute the matrix with `undefined='zero'` (the default) so that classes with a constant score get 0."
         )
-    asym = _max_asymmetry(mat)
     if asym > atol:
         raise ValueError(
             f"Expected argument `{name}` to be symmetric, but it differs from its transpose by up to {asym:.3g} "
@@ -278,14 +284,20 @@ def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float 
     return mat
 
 
-def _max_asymmetry(mat: np.ndarray, tile: int = 256) -> float:
-    """Max |M - M^T|, tile by tile (a whole-matrix transpose is cache-unfriendly and allocates m^2)."""
+def _max_asymmetry(mat: np.ndarray, tile: int = 128) -> float:
+    """Max |M - M^T|, tile by tile (a whole-matrix transpose is cache-unfriendly and allocates m^2).
+
+    NaN or infinite if ``mat`` holds a non-finite value (``x - y`` is then NaN or infinite for any ``y``).
+    """
     m = mat.shape[0]
     worst = 0.0
     for i in range(0, m, tile):
         for j in range(i, m, tile):
-            diff = np.abs(mat[i : i + tile, j : j + tile] - mat[j : j + tile, i : i + tile].T).max()
-            worst = max(worst, float(diff))
+            diff = float(np.abs(mat[i : i + tile, j : j + tile] - mat[j : j + tile, i : i + tile].T).max())
+            if not diff <= worst:  # also true for NaN
+                worst = diff
+                if not math.isfinite(diff):
+                    return diff
     return worst
 
 
@@ -308,15 +320,8 @@ def _check_order(order: Any, m: int, name: str = "order") -> np.ndarray:
 
 
 def _condensed(mat: np.ndarray) -> np.ndarray:
-    """Upper triangle (k = 1) in scipy's condensed order, row by row (faster than squareform for large m)."""
-    m = mat.shape[0]
-    out = np.empty(m * (m - 1) // 2, dtype=np.float64)
-    pos = 0
-    for i in range(m - 1):
-        n = m - 1 - i
-        out[pos : pos + n] = mat[i, i + 1 :]
-        pos += n
-    return out
+    """Upper triangle (k = 1) in scipy's condensed order (a new array)."""
+    return squareform(np.ascontiguousarray(mat), checks=False).astype(np.float64, copy=False)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -327,25 +332,25 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / den if den > 0 else float("nan")
 
 
-def _offdiag_moments(mat: np.ndarray) -> tuple[float, float, float]:
-    """Mean, standard deviation and skewness of the off-diagonal values (each pair counted once)."""
-    m = mat.shape[0]
-    count = m * (m - 1)
-    diag = np.diagonal(mat)
-    s1 = float(mat.sum() - diag.sum())
-    mean = s1 / count
+def _centred_moments(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and the sums of squared and cubed deviations from it, chunk by chunk (the chunks stay in cache)."""
+    mean = float(values.sum()) / values.size
     s2 = s3 = 0.0
-    for start in range(0, m, _BLOCK_ROWS):
-        block = mat[start : start + _BLOCK_ROWS] - mean
-        sq = block * block
-        s2 += float(sq.sum())
-        s3 += float((sq * block).sum())
-    d = diag - mean
-    s2 -= float((d * d).sum())
-    s3 -= float((d * d * d).sum())
-    var = s2 / count
-    std = math.sqrt(max(var, 0.0))
-    skew = (s3 / count) / std**3 if std > 0 else float("nan")
+    buf = np.empty(min(values.size, _CHUNK))
+    sq = np.empty_like(buf)
+    for start in range(0, values.size, _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        c = np.subtract(chunk, mean, out=buf[: chunk.size])
+        c2 = np.multiply(c, c, out=sq[: chunk.size])
+        s2 += float(c2.sum())
+        s3 += float(np.dot(c2, c))
+    return mean, s2, s3
+
+
+def _moments_to_stats(n: int, mean: float, s2: float, s3: float) -> tuple[float, float, float]:
+    """Mean, standard deviation and skewness from centred sums."""
+    std = math.sqrt(max(s2 / n, 0.0))
+    skew = (s3 / n) / std**3 if std > 0 else float("nan")
     return mean, std, skew
 
 
@@ -365,32 +370,40 @@ def _row_distances(sim: np.ndarray) -> np.ndarray:
 
 
 class _Distances:
-    """Distances between classes: the condensed vector for the linkage and rows on demand (for silhouettes)."""
+    """The pairs of classes: off-diagonal moments of the similarity, and the distances for the linkage.
+
+    ``condensed`` is scipy's condensed distance vector. ``linear`` is true when the distance is exactly ``1 - s``
+    for every pair (correlation distance, a non-Euclidean method, no similarity above 1), so that sums of distances
+    follow from sums of similarities. ``rows(idx)`` gives full distance rows on demand.
+    """
 
     def __init__(self, sim: np.ndarray, distance: DistanceKind, method: str) -> None:
         self.sim = sim
         self.euclid = method in _EUCLIDEAN_METHODS
-        self.square = _row_distances(sim) if distance == "rows" else None
-        self.condensed = _condensed(self.square) if self.square is not None else self._from_sim()
+        pairs = _condensed(sim)  # similarities, each pair once
+        self.n_pairs = pairs.size
+        self.mean, self.s2, s3 = _centred_moments(pairs)
+        self.moments = _moments_to_stats(pairs.size, self.mean, self.s2, s3)
+        self.square: np.ndarray | None = None
+        self.linear = False
+        if distance == "rows":
+            del pairs
+            self.square = _row_distances(sim)
+            self.condensed = _condensed(self.square)
+            return
+        d = np.subtract(1.0, pairs, out=pairs)
+        if self.euclid:
+            np.maximum(d, 0.0, out=d)
+            np.sqrt(np.multiply(d, 2.0, out=d), out=d)
+        elif float(d.min()) < 0.0:
+            np.maximum(d, 0.0, out=d)
+        else:
+            self.linear = True
+        self.condensed = d
 
     def _transform(self, s: np.ndarray) -> np.ndarray:
         d = np.maximum(1.0 - s, 0.0)
         return np.sqrt(2.0 * d, out=d) if self.euclid else d
-
-    def _from_sim(self) -> np.ndarray:
-        m = self.sim.shape[0]
-        out = np.empty(m * (m - 1) // 2, dtype=np.float64)
-        pos = 0
-        for start in range(0, m - 1, _BLOCK_ROWS):
-            block = self._transform(self.sim[start : start + _BLOCK_ROWS])
-            for r in range(block.shape[0]):
-                i = start + r
-                n = m - 1 - i
-                if n <= 0:
-                    break
-                out[pos : pos + n] = block[r, i + 1 :]
-                pos += n
-        return out
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         if self.square is not None:
@@ -399,12 +412,62 @@ class _Distances:
         d[np.arange(len(idx)), idx] = 0.0
         return d
 
+    def cophenetic_corr(self, z: np.ndarray, coph: np.ndarray) -> float:
+        """Pearson correlation of the cophenetic distances with the distances, with one pass over the pairs."""
+        n = self.n_pairs
+        d = self.condensed
+        sizes = _child_sizes(z)
+        cross = sizes[:, 0] * sizes[:, 1]  # pairs joined at each merge
+        h = z[:, 2]
+        mean_c = float(cross @ h) / n
+        var_c = float(cross @ (h * h)) / n - mean_c * mean_c
+        if self.linear:  # d = 1 - s: its centred sums are those of the similarity
+            mean_d, var_d = 1.0 - self.mean, self.s2 / n
+        else:
+            mean_d = float(d.sum()) / n
+            var_d = float(np.dot(d, d)) / n - mean_d * mean_d
+        cov = float(np.dot(coph, d)) / n - mean_c * mean_d
+        den = math.sqrt(max(var_c, 0.0) * max(var_d, 0.0))
+        return cov / den if den > 0 else float("nan")
+
 
 # ----------------------------------------------------------------------------------------------- trees
 
 
 def _children(z: np.ndarray) -> np.ndarray:
     return z[:, :2].astype(np.intp)
+
+
+def _child_sizes(z: np.ndarray) -> np.ndarray:
+    """Number of classes under each of the two children of every merge, ``(m - 1, 2)``."""
+    m = z.shape[0] + 1
+    kids = _children(z)
+    node_size = np.concatenate([np.ones(m), z[:, 3]])
+    return node_size[kids]
+
+
+def _gap_heights(coph: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Cophenetic distance between consecutive classes along a leaf order (``m - 1`` values).
+
+    Each gap between neighbours along the order sits under exactly one merge, so cutting the tree at height ``t``
+    puts a group boundary exactly at the gaps higher than ``t``.
+    """
+    m = order.shape[0]
+    i = np.minimum(order[:-1], order[1:]).astype(np.int64)
+    j = np.maximum(order[:-1], order[1:]).astype(np.int64)
+    return coph[m * i - i * (i + 1) // 2 + (j - i - 1)]
+
+
+def _maxclust_heights(z: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """The cut height that ``fcluster(z, k, "maxclust")`` uses for each ``k < m``, for a monotone tree.
+
+    It is the lowest merge height ``t`` at which at most ``k`` groups remain, ``1 + #(heights > t) <= k``; so ties
+    can leave fewer than ``k`` groups, as in scipy.
+    """
+    heights = np.sort(z[:, 2])
+    remaining = heights.shape[0] + 1 - np.searchsorted(heights, heights, side="right")  # non-increasing
+    first = np.searchsorted(-remaining, -ks, side="left")
+    return heights[first]
 
 
 def _leaf_order(z: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
@@ -482,10 +545,64 @@ def _cut(z: np.ndarray, k: int) -> np.ndarray:
     return fcluster(z, k, criterion="maxclust").astype(np.intp) - 1
 
 
-def _silhouettes(dist: _Distances, z: np.ndarray, ks: range) -> dict[int, float]:
-    """Mean silhouette of the cuts into k groups (on evenly spaced sample classes when m is large)."""
+def _silhouette_rows(m: int) -> np.ndarray:
+    """The classes whose silhouettes are averaged: all, or 1,000 evenly spaced ones for large ``m``."""
+    return np.arange(m) if m <= _SILHOUETTE_SAMPLE else np.linspace(0, m - 1, _SILHOUETTE_SAMPLE).astype(np.intp)
+
+
+def _silhouettes_nested(
+    sums: _BlockSums, coph: np.ndarray, z: np.ndarray, order: np.ndarray, ks: range
+) -> dict[int, float]:
+    """Mean silhouette of every cut into ``k`` groups at once, from the sums over the clusters of a finer cut.
+
+    For a monotone tree and the distance ``1 - s``: every cut nests in the fine one, and each of its groups is a
+    run of consecutive fine clusters along the leaf order; so the distance sums of a class to the groups of every
+    cut are differences of one cumulative sum over the fine clusters. Same values as :func:`_silhouettes_dense`.
+    """
+    assert sums.fine is not None and sums.rows is not None
+    fine, sizes_f = sums.fine, sums.fine_sizes
+    n_fine = sizes_f.shape[0]
+    rows = _silhouette_rows(sums.sim.shape[0])
+    # distance sums of each fine cluster to the sample classes (fine x rows): |c| - sum of similarities, without the
+    # class itself; everything below is laid out with the sample classes along the last axis, so gathers copy rows
+    n = rows.shape[0]
+    cols = np.arange(n)
+    dfine = sizes_f[:, None] - (sums.rows if n == sums.sim.shape[0] else sums.rows[:, rows])
+    dfine[fine[rows], cols] -= 1.0 - sums.diag[rows]
+    cum = np.zeros((n_fine + 1, n))
+    np.cumsum(dfine, axis=0, out=cum[1:])
+    size_cum = np.concatenate([[0.0], np.cumsum(sizes_f)])
+    # the height of the gap in front of each fine cluster (fine clusters are numbered along the order)
+    first = np.searchsorted(fine[order], np.arange(n_fine))
+    gap = _gap_heights(coph, order)[first[1:] - 1]
+    k_arr = np.asarray(list(ks))
+    starts_mask = np.ones((k_arr.shape[0], n_fine), dtype=bool)
+    starts_mask[:, 1:] = gap[None, :] > _maxclust_heights(z, k_arr)[:, None]
+    seg_of_fine = np.cumsum(starts_mask, axis=1) - 1  # group of each fine cluster, per cut
+    n_seg = seg_of_fine[:, -1] + 1
+    offsets = np.concatenate([[0], np.cumsum(n_seg)[:-1]])
+    starts = np.nonzero(starts_mask)[1]
+    ends = np.append(starts[1:], n_fine)
+    ends[offsets + n_seg - 1] = n_fine
+    seg_sums = cum[ends] - cum[starts]  # (all groups of all cuts, rows)
+    seg_sizes = size_cum[ends] - size_cum[starts]
+    own = (seg_of_fine + offsets[:, None])[:, fine[rows]]  # (cuts, rows): the class's own group
+    own_size = seg_sizes[own]
+    a = seg_sums[own, cols] / np.maximum(own_size - 1, 1)
+    means = np.divide(seg_sums, seg_sizes[:, None], out=seg_sums)
+    means[own, cols] = np.inf
+    b = np.minimum.reduceat(means, offsets, axis=0)
+    with np.errstate(invalid="ignore"):
+        sil = (b - a) / np.maximum(np.maximum(a, b), 1e-300)
+    sil[own_size == 1] = 0.0
+    score = sil.mean(axis=1)
+    return {int(k): float(score[i]) for i, k in enumerate(k_arr) if n_seg[i] >= 2}
+
+
+def _silhouettes_dense(dist: _Distances, z: np.ndarray, ks: range) -> dict[int, float]:
+    """Mean silhouette of the cuts into k groups, from distance rows (any distance, any tree)."""
     m = dist.sim.shape[0]
-    rows = np.arange(m) if m <= _SILHOUETTE_SAMPLE else np.linspace(0, m - 1, _SILHOUETTE_SAMPLE).astype(np.intp)
+    rows = _silhouette_rows(m)
     kmax = max(ks)
     fine = _cut(z, kmax)
     n_fine = int(fine.max()) + 1
@@ -687,24 +804,61 @@ def taxonomy_agreement(
 # ----------------------------------------------------------------------------------------------- groups
 
 
-def _group_blocks(sim: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of similarity between groups (k x k, diagonal included) and group sizes."""
-    onehot = np.zeros((sim.shape[0], k))
-    onehot[np.arange(sim.shape[0]), labels] = 1.0
-    sums = onehot.T @ (sim @ onehot)
-    return sums, onehot.sum(axis=0)
+def _cluster_rows(sim: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums per cluster ``(k, m)`` (row ``c`` sums the rows of cluster ``c``) and the ``(k, k)`` block sums.
+
+    A sparse indicator product: one pass over ``sim`` whatever ``k`` is.
+    """
+    m = sim.shape[0]
+    indicator = csr_matrix((np.ones(m), (labels, np.arange(m))), shape=(k, m))
+    rows = np.asarray(indicator @ sim)
+    block = np.asarray(indicator @ np.ascontiguousarray(rows.T)).T
+    return rows, block
+
+
+class _BlockSums:
+    """Sums of similarity between the groups of flat partitions of the classes.
+
+    With ``fine``, a partition that the coarser ones nest in (the cuts of a monotone tree), the sums are computed
+    once for ``fine`` and each nested partition aggregates them in ``O(k_fine^2)``; other partitions cost one pass.
+    """
+
+    def __init__(self, sim: np.ndarray, fine: np.ndarray | None = None) -> None:
+        self.sim = sim
+        self.diag = np.diagonal(sim)
+        self.fine = fine
+        self.rows: np.ndarray | None = None
+        if fine is not None:
+            n_fine = int(fine.max()) + 1
+            self.rows, self.fine_block = _cluster_rows(sim, fine, n_fine)
+            self.fine_sizes = np.bincount(fine, minlength=n_fine).astype(np.float64)
+            self.fine_diag = np.bincount(fine, weights=self.diag, minlength=n_fine)
+
+    def blocks(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block sums ``(k, k)`` (diagonal included), group sizes and the sums of the diagonal per group."""
+        k = int(labels.max()) + 1
+        if self.fine is not None:
+            n_fine = self.fine_sizes.shape[0]
+            parent = np.zeros(n_fine, dtype=np.intp)
+            parent[self.fine] = labels
+            if np.array_equal(parent[self.fine], labels):
+                agg = np.zeros((n_fine, k))
+                agg[np.arange(n_fine), parent] = 1.0
+                return agg.T @ self.fine_block @ agg, self.fine_sizes @ agg, self.fine_diag @ agg
+        _, block = _cluster_rows(self.sim, labels, k)
+        sizes = np.bincount(labels, minlength=k).astype(np.float64)
+        return block, sizes, np.bincount(labels, weights=self.diag, minlength=k)
 
 
 def _summaries(
-    sim: np.ndarray, labels: np.ndarray, order: np.ndarray, names: Sequence[str]
+    block_sums: _BlockSums, labels: np.ndarray, order: np.ndarray, names: Sequence[str]
 ) -> tuple[tuple[GroupSummary, ...], float, float]:
     k = int(labels.max()) + 1
-    sums, sizes = _group_blocks(sim, labels, k)
-    diag = np.bincount(labels, weights=np.diagonal(sim), minlength=k)
+    sums, sizes, diag = block_sums.blocks(labels)
     within_sum = np.diagonal(sums) - diag
     within_pairs = sizes * (sizes - 1)
     total_row = sums.sum(axis=1)
-    m = sim.shape[0]
+    m = labels.shape[0]
     position = np.empty(m, dtype=np.intp)
     position[order] = np.arange(m)
     out = []
@@ -737,20 +891,19 @@ def _summaries(
 
 
 def _split_groups(
-    sim: np.ndarray, z: np.ndarray, labels: np.ndarray, k: int, cohesion: np.ndarray, ratio: float, limit: int
+    block_sums: _BlockSums, z: np.ndarray, labels: np.ndarray, k: int, cohesion: np.ndarray, ratio: float, limit: int
 ) -> tuple[SplitGroup, ...]:
     """Dense off-diagonal blocks.
 
     Sub-blocks (of a finer cut of the tree) in different groups that are about as similar to each other as the
     classes within their own groups are.
     """
-    m = sim.shape[0]
-    k_fine = min(max(4 * k, k + 2), m // 2)
+    k_fine = _split_fine_k(k, labels.shape[0])
     if k < 2 or k_fine <= k:
         return ()
     fine = _cut(z, k_fine)
     n_fine = int(fine.max()) + 1
-    sums, sizes = _group_blocks(sim, fine, n_fine)
+    sums, sizes, _ = block_sums.blocks(fine)
     parent = np.zeros(n_fine, dtype=np.intp)
     parent[fine] = labels
     between = sums / np.maximum(sizes[:, None] * sizes[None, :], 1)
@@ -782,35 +935,79 @@ def _split_groups(
     return tuple(out)
 
 
+def _split_fine_k(k: int, m: int) -> int:
+    """Number of sub-blocks that split groups are looked for in: a cut into about ``4 k`` groups."""
+    return min(max(4 * k, k + 2), m // 2)
+
+
+def _membership_weights(u: np.ndarray, fuzz: float, out: np.ndarray) -> None:
+    """``u ** fuzz`` into ``out`` (square roots and products for the usual fuzzifiers: ``pow`` is slow)."""
+    if fuzz == 2.0:
+        np.multiply(u, u, out=out)
+    elif fuzz == 1.5:
+        np.sqrt(u, out=out)
+        out *= u
+    else:
+        np.power(u, fuzz, out=out)
+
+
 def _fuzzy_cmeans(
-    x: np.ndarray, c: int, seed: int, restarts: int = 4, iters: int = 60, fuzz: float = 2.0
+    x: np.ndarray, c: int, seed: int, restarts: int = 4, iters: int = 60, fuzz: float = _FUZZ
 ) -> np.ndarray:
-    """Fuzzy c-means memberships (m x c) of the rows of x: the best of a few seeded restarts (lowest objective)."""
+    """Fuzzy c-means memberships (m x c) of the rows of x: the best of a few seeded restarts (lowest objective).
+
+    Memberships are ``u_ic ∝ d_ic^(-2 / (fuzz - 1))``; the loop works in place on ``(m, c)`` buffers.
+    """
     rng = np.random.default_rng(seed)
-    power = 2.0 / (fuzz - 1.0)
-    sq_rows = (x * x).sum(1)[:, None]
+    m = x.shape[0]
+    dtype = x.dtype
+    power = 1.0 / (fuzz - 1.0)  # of the inverse squared distance
+    sq_rows = np.einsum("ij,ij->i", x, x)[:, None]
+    ones, ones_m = np.ones(c, dtype), np.ones(m, dtype)
+    w = np.empty((m, c), dtype)
+    d2 = np.empty((m, c), dtype)
     best, best_obj = None, np.inf
     for _ in range(restarts):
-        u = rng.dirichlet(np.ones(c), size=x.shape[0])
+        u = rng.standard_exponential((m, c), dtype=np.float32).astype(dtype, copy=False)
+        u /= (u @ ones)[:, None]  # normalised exponentials: a flat Dirichlet draw
+        new = np.empty((m, c), dtype)
         for _ in range(iters):
-            w = u**fuzz
-            centres = (w.T @ x) / w.sum(axis=0)[:, None]
-            d2 = np.maximum(sq_rows + (centres * centres).sum(1)[None, :] - 2.0 * x @ centres.T, 1e-12)
-            inv = d2 ** (-power / 2.0)
-            new = inv / inv.sum(axis=1, keepdims=True)
-            done = np.abs(new - u).max() < 1e-5
-            u = new
+            _membership_weights(u, fuzz, w)
+            centres = (w.T @ x) / (ones_m @ w)[:, None]
+            np.matmul(x, centres.T, out=d2)
+            d2 *= -2.0
+            d2 += sq_rows
+            d2 += np.einsum("ij,ij->i", centres, centres)[None, :]
+            np.maximum(d2, 1e-12, out=d2)
+            np.reciprocal(d2, out=new)  # at most 1e12, so its square fits float32
+            if power == 2.0:
+                np.multiply(new, new, out=new)
+            elif power != 1.0:
+                np.power(new, power, out=new)
+            new /= (new @ ones)[:, None]
+            np.subtract(new, u, out=w)
+            done = float(np.abs(w, out=w).max()) < 1e-5
+            u, new = new, u
             if done:
                 break
-        obj = float(((u**fuzz) * d2).sum())
+        _membership_weights(u, fuzz, w)
+        obj = float(np.einsum("ij,ij->", w, d2))
         if obj < best_obj:
-            best, best_obj = u, obj
+            best, best_obj = u.copy(), obj
     assert best is not None
     return best
 
 
 def _failed_groups(
-    sim: np.ndarray, labels: np.ndarray, k: int, cohesion: float, ratio: float, membership: float, seed: int, limit: int
+    sim: np.ndarray,
+    sim32: np.ndarray,
+    labels: np.ndarray,
+    blocks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cohesion: float,
+    ratio: float,
+    membership: float,
+    seed: int,
+    limit: int,
 ) -> tuple[FailedGroup, ...]:
     """Mutually similar classes that the tree scatters over several groups.
 
@@ -821,9 +1018,10 @@ def _failed_groups(
     the mean within-group similarity.
     """
     m = sim.shape[0]
+    sums, sizes, _ = blocks
+    k = sizes.shape[0]
     if k < 2 or m < 6 or not math.isfinite(cohesion) or cohesion <= 0:
         return ()
-    sums, sizes = _group_blocks(sim, labels, k)
     block_mean = sums / np.outer(sizes, sizes)
     onehot = np.zeros((m, k))
     onehot[np.arange(m), labels] = 1.0
@@ -832,9 +1030,10 @@ def _failed_groups(
         # rows of (S - E B E^T) P, never forming the residual: a random projection P keeps the distances between
         # rows (Johnson-Lindenstrauss) at a fraction of the cost
         proj = np.random.default_rng(seed).standard_normal((m, dim)) / math.sqrt(dim)
-        residual = sim @ proj - onehot @ (block_mean @ (onehot.T @ proj))
+        residual = sim32 @ proj.astype(np.float32)
+        residual -= (onehot @ (block_mean @ (onehot.T @ proj))).astype(np.float32)
     else:
-        residual = sim - onehot @ block_mean @ onehot.T
+        residual = (sim - onehot @ block_mean @ onehot.T).astype(np.float32)
     columns = [u[:, j] for c in sorted({2, 3, k + 1}) for u in [_fuzzy_cmeans(residual, c, seed)] for j in range(c)]
     member_sets = np.stack(columns, axis=1) >= membership  # (m, candidates)
     out: dict[tuple[int, ...], FailedGroup] = {}
@@ -953,8 +1152,7 @@ def analyze(
         sim = np.maximum(sim, 0.0)
 
     dist = _Distances(sim, distance, method)
-    condensed = dist.condensed
-    z = scipy_linkage(condensed, method=method)
+    z = scipy_linkage(dist.condensed, method=method)
     if optimal_ordering:
         if m > OPTIMAL_ORDERING_WARN:
             warnings.warn(
@@ -962,37 +1160,51 @@ def analyze(
                 UserWarning,
                 stacklevel=2,
             )
-        z = optimal_leaf_ordering(z, condensed)
+        z = optimal_leaf_ordering(z, dist.condensed)
 
-    if order is not None:
-        leaf_order = _check_order(order, m)
-    elif previous is not None and not optimal_ordering:
-        leaf_order = _leaf_order(z, _positions(previous.order))
+    if previous is not None and not optimal_ordering and order is None:
+        tree_order = _leaf_order(z, _positions(previous.order))
     else:
-        leaf_order = _leaf_order(z)
+        tree_order = _leaf_order(z)
+    leaf_order = _check_order(order, m) if order is not None else tree_order
+    coph = cophenet(z)
+    metrics: dict[str, float] = {"cophenetic_corr": dist.cophenetic_corr(z, coph)}
 
-    metrics: dict[str, float] = {}
+    # the flat groups; one sparse pass over the matrix sums it over the clusters of a fine cut that the groups, the
+    # silhouette cuts and the split-group sub-blocks all nest in (monotone trees)
+    auto = n_groups is None and distance_threshold is None
     if n_groups is not None:
         raw = _cut(z, n_groups)
     elif distance_threshold is not None:
         raw = fcluster(z, distance_threshold, criterion="distance").astype(np.intp) - 1
     else:
-        ks = range(2, max(2, min(max_groups, m - 1)) + 1)
-        scores = _silhouettes(dist, z, ks) if m >= 3 else {}
+        raw = np.zeros(m, dtype=np.intp)
+    ks = range(2, max(2, min(max_groups, m - 1)) + 1)
+    need = max(ks) if auto else int(raw.max()) + 1
+    monotone = bool(is_monotonic(z))
+    fine = None
+    if monotone:
+        fine = _relabel_by_order(_cut(z, max(need, _split_fine_k(need, m))), tree_order)
+    block_sums = _BlockSums(sim, fine)
+    if auto:
+        if m < 3:
+            scores: dict[int, float] = {}
+        elif fine is not None and dist.linear:
+            scores = _silhouettes_nested(block_sums, coph, z, tree_order, ks)
+        else:
+            scores = _silhouettes_dense(dist, z, ks)
         if scores:
             best = max(scores, key=lambda k: (round(scores[k], 12), -k))
             metrics["silhouette"] = scores[best]
             raw = _cut(z, best)
-        else:
-            raw = np.zeros(m, dtype=np.intp)
+    del coph
     labels = _relabel_by_order(raw, leaf_order)
     k = int(labels.max()) + 1
-    summary, mean_within, mean_between = _summaries(sim, labels, leaf_order, names)
+    summary, mean_within, mean_between = _summaries(block_sums, labels, leaf_order, names)
 
-    mean, std, skew = _offdiag_moments(sim)
+    mean, std, skew = dist.moments
     metrics.update(
         {
-            "cophenetic_corr": _pearson(cophenet(z), condensed),
             "n_groups": float(k),
             "mean_within": mean_within,
             "mean_between": mean_between,
@@ -1002,13 +1214,15 @@ def analyze(
             "offdiag_skew": skew,
         }
     )
-    del condensed, dist
+    del dist
     cohesions = np.array([g.cohesion for g in summary])
-    split = _split_groups(sim, z, labels, k, cohesions, split_ratio, limit=10)
+    split = _split_groups(block_sums, z, labels, k, cohesions, split_ratio, limit=10)
+    sim32 = sim.astype(np.float32)
     failed: tuple[FailedGroup, ...] = ()
     if find_failed and k >= 2:
-        failed = _failed_groups(sim, labels, k, mean_within, failed_ratio, failed_membership, seed, limit=10)
-    sim32 = sim.astype(np.float32)
+        failed = _failed_groups(
+            sim, sim32, labels, block_sums.blocks(labels), mean_within, failed_ratio, failed_membership, seed, limit=10
+        )
     result = StructureResult(
         similarity=sim32,
         order=leaf_order,

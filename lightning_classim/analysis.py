@@ -42,6 +42,8 @@ OPTIMAL_ORDERING_WARN = 1000
 _SILHOUETTE_SAMPLE = 1000
 #: Fuzzifier of the fuzzy c-means behind failed groups.
 _FUZZ = 1.5
+#: Numbers of fuzzy clusters tried for failed groups.
+_FCM_CLUSTERS = (2, 3, 5, 9, 17)
 #: Chunk of the passes over all pairs: 64 KB buffers stay in cache and off the page-faulting mmap path.
 _CHUNK = 1 << 13
 
@@ -951,8 +953,29 @@ def _membership_weights(u: np.ndarray, fuzz: float, out: np.ndarray) -> None:
         np.power(u, fuzz, out=out)
 
 
+def _fcm_sizes(m: int) -> list[int]:
+    """Numbers of fuzzy clusters tried: roughly doubling, so that one of them has about one cluster per failed group
+    plus one for the rest, whatever the number of failed groups (up to 16)."""
+    return [c for c in _FCM_CLUSTERS if c < m // 2] or [2]
+
+
+def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
+    """``c`` rows of ``x`` chosen k-means++ style: each next one with probability proportional to its squared
+    distance to the nearest one chosen so far (random memberships would start every centre at the mean of all rows,
+    a fixed point of fuzzy c-means in many dimensions)."""
+    m = x.shape[0]
+    chosen = [int(rng.integers(m))]
+    nearest = np.maximum(sq_rows + sq_rows[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)
+    for _ in range(1, c):
+        total = float(nearest.sum())
+        pick = int(rng.choice(m, p=nearest / total)) if total > 0 else int(rng.integers(m))
+        chosen.append(pick)
+        np.minimum(nearest, np.maximum(sq_rows + sq_rows[pick] - 2.0 * (x @ x[pick]), 0.0), out=nearest)
+    return x[chosen].copy()
+
+
 def _fuzzy_cmeans(
-    x: np.ndarray, c: int, seed: int, restarts: int = 4, iters: int = 60, fuzz: float = _FUZZ
+    x: np.ndarray, c: int, seed: int, restarts: int = 2, iters: int = 60, fuzz: float = _FUZZ
 ) -> np.ndarray:
     """Fuzzy c-means memberships (m x c) of the rows of x: the best of a few seeded restarts (lowest objective).
 
@@ -968,12 +991,13 @@ def _fuzzy_cmeans(
     d2 = np.empty((m, c), dtype)
     best, best_obj = None, np.inf
     for _ in range(restarts):
-        u = rng.standard_exponential((m, c), dtype=np.float32).astype(dtype, copy=False)
-        u /= (u @ ones)[:, None]  # normalised exponentials: a flat Dirichlet draw
+        centres = _plus_plus_seeds(x, sq_rows[:, 0], c, rng)
+        u = np.full((m, c), 1.0 / c, dtype)
         new = np.empty((m, c), dtype)
-        for _ in range(iters):
-            _membership_weights(u, fuzz, w)
-            centres = (w.T @ x) / (ones_m @ w)[:, None]
+        for it in range(iters):
+            if it:
+                _membership_weights(u, fuzz, w)
+                centres = (w.T @ x) / (ones_m @ w)[:, None]
             np.matmul(x, centres.T, out=d2)
             d2 *= -2.0
             d2 += sq_rows
@@ -1027,14 +1051,20 @@ def _failed_groups(
     onehot[np.arange(m), labels] = 1.0
     dim = 48
     if m > dim:
-        # rows of (S - E B E^T) P, never forming the residual: a random projection P keeps the distances between
-        # rows (Johnson-Lindenstrauss) at a fraction of the cost
-        proj = np.random.default_rng(seed).standard_normal((m, dim)) / math.sqrt(dim)
-        residual = sim32 @ proj.astype(np.float32)
-        residual -= (onehot @ (block_mean @ (onehot.T @ proj))).astype(np.float32)
+        # rows of the residual R = S - E B E^T in its dominant subspace, never forming R: a random projection
+        # R P, orthonormalised to Q, and the rows of R Q (one step of a randomised range finder). Dense blocks of R
+        # (the failed groups) dominate that subspace, the noise of the m - dim other directions is dropped.
+        def residual_times(p: np.ndarray) -> np.ndarray:
+            out = sim32 @ p.astype(np.float32)
+            out -= (onehot @ (block_mean @ (onehot.T @ p))).astype(np.float32)
+            return out
+
+        proj = np.random.default_rng(seed).standard_normal((m, dim))
+        basis = np.linalg.qr(residual_times(proj).astype(np.float64))[0]
+        residual = residual_times(basis)
     else:
         residual = (sim - onehot @ block_mean @ onehot.T).astype(np.float32)
-    columns = [u[:, j] for c in sorted({2, 3, k + 1}) for u in [_fuzzy_cmeans(residual, c, seed)] for j in range(c)]
+    columns = [u[:, j] for c in _fcm_sizes(m) for u in [_fuzzy_cmeans(residual, c, seed)] for j in range(c)]
     member_sets = np.stack(columns, axis=1) >= membership  # (m, candidates)
     out: dict[tuple[int, ...], FailedGroup] = {}
     for j in range(member_sets.shape[1]):

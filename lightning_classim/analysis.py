@@ -42,6 +42,8 @@ OPTIMAL_ORDERING_WARN = 1000
 _SILHOUETTE_SAMPLE = 1000
 #: Fuzzifier of the fuzzy c-means behind failed groups.
 _FUZZ = 1.5
+#: From this many classes on, the cophenetic correlation comes from the tree instead of all pairs.
+_TREE_COPHENET_MIN = 1500
 #: Numbers of fuzzy clusters tried for failed groups.
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
 #: Chunk of the passes over all pairs: 64 KB buffers stay in cache and off the page-faulting mmap path.
@@ -414,10 +416,9 @@ class _Distances:
         d[np.arange(len(idx)), idx] = 0.0
         return d
 
-    def cophenetic_corr(self, z: np.ndarray, coph: np.ndarray) -> float:
-        """Pearson correlation of the cophenetic distances with the distances, with one pass over the pairs."""
+    def cophenetic_corr(self, z: np.ndarray, coph_dot_d: float) -> float:
+        """Pearson correlation of the cophenetic distances with the distances, given the sum of their products."""
         n = self.n_pairs
-        d = self.condensed
         sizes = _child_sizes(z)
         cross = sizes[:, 0] * sizes[:, 1]  # pairs joined at each merge
         h = z[:, 2]
@@ -426,9 +427,10 @@ class _Distances:
         if self.linear:  # d = 1 - s: its centred sums are those of the similarity
             mean_d, var_d = 1.0 - self.mean, self.s2 / n
         else:
+            d = self.condensed
             mean_d = float(d.sum()) / n
             var_d = float(np.dot(d, d)) / n - mean_d * mean_d
-        cov = float(np.dot(coph, d)) / n - mean_c * mean_d
+        cov = coph_dot_d / n - mean_c * mean_d
         den = math.sqrt(max(var_c, 0.0) * max(var_d, 0.0))
         return cov / den if den > 0 else float("nan")
 
@@ -448,16 +450,72 @@ def _child_sizes(z: np.ndarray) -> np.ndarray:
     return node_size[kids]
 
 
-def _gap_heights(coph: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Cophenetic distance between consecutive classes along a leaf order (``m - 1`` values).
+def _merge_ranges(z: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each merge sits along a leaf order of its tree: ``[start, split)`` holds the classes of its first child
+    along the order, ``[split, end)`` those of the second."""
+    m = order.shape[0]
+    pos = np.empty(m, dtype=np.intp)
+    pos[order] = np.arange(m)
+    start: list[int] = pos.tolist() + [0] * (m - 1)
+    end: list[int] = (pos + 1).tolist() + [0] * (m - 1)
+    split = [0] * (m - 1)
+    for r, (a, b) in enumerate(_children(z).tolist()):
+        v = m + r
+        if start[a] < start[b]:
+            start[v], split[r], end[v] = start[a], start[b], end[b]
+        else:
+            start[v], split[r], end[v] = start[b], start[a], end[a]
+    return np.asarray(start[m:]), np.asarray(split), np.asarray(end[m:])
+
+
+def _gap_heights(z: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Cophenetic distance between consecutive classes along the leaf order (``m - 1`` values).
 
     Each gap between neighbours along the order sits under exactly one merge, so cutting the tree at height ``t``
     puts a group boundary exactly at the gaps higher than ``t``.
     """
+    gap = np.empty(z.shape[0])
+    gap[split - 1] = z[:, 2]
+    return gap
+
+
+def _merge_cross_sums(
+    sums: _BlockSums, order: np.ndarray, ranges: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> np.ndarray | None:
+    """Sum of similarity between the two children of every merge (``None`` when a fine cluster is too large).
+
+    A merge above the fine cut joins whole fine clusters: its sum is a rectangle of the fine block sums (a 2-d
+    prefix sum). A merge inside a fine cluster is a rectangle of that cluster's own diagonal block, in leaf order.
+    So no pass over all pairs is needed when the fine clusters are small.
+    """
+    assert sums.fine is not None
+    start, split, end = ranges
     m = order.shape[0]
-    i = np.minimum(order[:-1], order[1:]).astype(np.int64)
-    j = np.maximum(order[:-1], order[1:]).astype(np.int64)
-    return coph[m * i - i * (i + 1) // 2 + (j - i - 1)]
+    fine_pos = sums.fine[order]  # fine clusters are numbered along the order
+    n_fine = sums.fine_sizes.shape[0]
+    bounds = np.searchsorted(fine_pos, np.arange(n_fine + 1))
+    if float(np.square(np.diff(bounds).astype(np.float64)).sum()) > m * m / 8:
+        return None
+    cross = np.empty(start.shape[0])
+    above = fine_pos[start] != fine_pos[end - 1]
+    prefix = np.zeros((n_fine + 1, n_fine + 1))
+    np.cumsum(np.cumsum(sums.fine_block, axis=0), axis=1, out=prefix[1:, 1:])
+    a, b, c = fine_pos[start[above]], fine_pos[split[above]], fine_pos[end[above] - 1] + 1
+    cross[above] = prefix[b, c] - prefix[a, c] - prefix[b, b] + prefix[a, b]
+    inside = np.nonzero(~above)[0]
+    owner = fine_pos[start[inside]]
+    by_owner = np.argsort(owner, kind="stable")
+    inside, owner = inside[by_owner], owner[by_owner]
+    cuts = np.searchsorted(owner, np.arange(n_fine + 1))
+    for f in np.nonzero(np.diff(cuts))[0]:
+        idx = inside[cuts[f] : cuts[f + 1]]
+        lo = bounds[f]
+        members = order[lo : bounds[f + 1]]
+        local = np.zeros((members.shape[0] + 1, members.shape[0] + 1))
+        np.cumsum(np.cumsum(sums.sim[np.ix_(members, members)], axis=0), axis=1, out=local[1:, 1:])
+        a, b, c = start[idx] - lo, split[idx] - lo, end[idx] - lo
+        cross[idx] = local[b, c] - local[a, c] - local[b, b] + local[a, b]
+    return cross
 
 
 def _maxclust_heights(z: np.ndarray, ks: np.ndarray) -> np.ndarray:
@@ -553,7 +611,7 @@ def _silhouette_rows(m: int) -> np.ndarray:
 
 
 def _silhouettes_nested(
-    sums: _BlockSums, coph: np.ndarray, z: np.ndarray, order: np.ndarray, ks: range
+    sums: _BlockSums, gaps: np.ndarray, z: np.ndarray, order: np.ndarray, ks: range
 ) -> dict[int, float]:
     """Mean silhouette of every cut into ``k`` groups at once, from the sums over the clusters of a finer cut.
 
@@ -576,7 +634,7 @@ def _silhouettes_nested(
     size_cum = np.concatenate([[0.0], np.cumsum(sizes_f)])
     # the height of the gap in front of each fine cluster (fine clusters are numbered along the order)
     first = np.searchsorted(fine[order], np.arange(n_fine))
-    gap = _gap_heights(coph, order)[first[1:] - 1]
+    gap = gaps[first[1:] - 1]
     k_arr = np.asarray(list(ks))
     starts_mask = np.ones((k_arr.shape[0], n_fine), dtype=bool)
     starts_mask[:, 1:] = gap[None, :] > _maxclust_heights(z, k_arr)[:, None]
@@ -953,6 +1011,17 @@ def _membership_weights(u: np.ndarray, fuzz: float, out: np.ndarray) -> None:
         np.power(u, fuzz, out=out)
 
 
+def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the column span of a tall ``y`` (directions with a negligible singular value dropped).
+
+    From the eigenvectors of the small Gram matrix ``y^T y``: much cheaper than a QR factorisation of ``y``.
+    """
+    y64 = y.astype(np.float64)
+    evals, evecs = np.linalg.eigh(y64.T @ y64)
+    keep = evals > max(evals[-1], 0.0) * 1e-10 if evals[-1] > 0 else np.zeros(evals.shape, dtype=bool)
+    return y64 @ (evecs[:, keep] / np.sqrt(evals[keep]))
+
+
 def _fcm_sizes(m: int) -> list[int]:
     """Numbers of fuzzy clusters tried: roughly doubling, so that one of them has about one cluster per failed group
     plus one for the rest, whatever the number of failed groups (up to 16)."""
@@ -1060,7 +1129,9 @@ def _failed_groups(
             return out
 
         proj = np.random.default_rng(seed).standard_normal((m, dim))
-        basis = np.linalg.qr(residual_times(proj).astype(np.float64))[0]
+        basis = _orthonormal_basis(residual_times(proj))
+        if basis.shape[1] == 0:  # the groups explain the matrix entirely
+            return ()
         residual = residual_times(basis)
     else:
         residual = (sim - onehot @ block_mean @ onehot.T).astype(np.float32)
@@ -1197,8 +1268,7 @@ def analyze(
     else:
         tree_order = _leaf_order(z)
     leaf_order = _check_order(order, m) if order is not None else tree_order
-    coph = cophenet(z)
-    metrics: dict[str, float] = {"cophenetic_corr": dist.cophenetic_corr(z, coph)}
+    metrics: dict[str, float] = {}
 
     # the flat groups; one sparse pass over the matrix sums it over the clusters of a fine cut that the groups, the
     # silhouette cuts and the split-group sub-blocks all nest in (monotone trees)
@@ -1211,23 +1281,34 @@ def analyze(
         raw = np.zeros(m, dtype=np.intp)
     ks = range(2, max(2, min(max_groups, m - 1)) + 1)
     need = max(ks) if auto else int(raw.max()) + 1
-    monotone = bool(is_monotonic(z))
     fine = None
-    if monotone:
+    if is_monotonic(z):
         fine = _relabel_by_order(_cut(z, max(need, _split_fine_k(need, m))), tree_order)
     block_sums = _BlockSums(sim, fine)
+    ranges = _merge_ranges(z, tree_order) if fine is not None else None
+
+    # cophenetic correlation: from the tree and the fine block sums when the distance is 1 - s, else all pairs
+    cross = None
+    if ranges is not None and dist.linear and m >= _TREE_COPHENET_MIN:
+        cross = _merge_cross_sums(block_sums, tree_order, ranges)
+    if cross is not None:
+        sizes = _child_sizes(z)
+        coph_dot_d = float(z[:, 2] @ (sizes[:, 0] * sizes[:, 1] - cross))
+    else:
+        coph_dot_d = float(np.dot(cophenet(z), dist.condensed))
+    metrics["cophenetic_corr"] = dist.cophenetic_corr(z, coph_dot_d)
+
     if auto:
         if m < 3:
             scores: dict[int, float] = {}
-        elif fine is not None and dist.linear:
-            scores = _silhouettes_nested(block_sums, coph, z, tree_order, ks)
+        elif ranges is not None and dist.linear:
+            scores = _silhouettes_nested(block_sums, _gap_heights(z, ranges[1]), z, tree_order, ks)
         else:
             scores = _silhouettes_dense(dist, z, ks)
         if scores:
             best = max(scores, key=lambda k: (round(scores[k], 12), -k))
             metrics["silhouette"] = scores[best]
             raw = _cut(z, best)
-    del coph
     labels = _relabel_by_order(raw, leaf_order)
     k = int(labels.max()) + 1
     summary, mean_within, mean_between = _summaries(block_sums, labels, leaf_order, names)

@@ -136,7 +136,8 @@ class FailedGroup:
     """Mutually similar classes that the tree scatters across several groups (paper, section 3.2).
 
     Found with fuzzy c-means (overlapping clusters) on the rows of the similarity matrix minus the block means of
-    the flat groups, i.e. on the structure that the tree did not capture.
+    the flat groups, i.e. on the structure that the tree did not capture, taken in that residual's dominant
+    subspace when there are more than 48 classes.
 
     Attributes:
         members: the classes.
@@ -451,8 +452,10 @@ def _child_sizes(z: np.ndarray) -> np.ndarray:
 
 
 def _merge_ranges(z: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each merge sits along a leaf order of its tree: ``[start, split)`` holds the classes of its first child
-    along the order, ``[split, end)`` those of the second."""
+    """Where each merge sits along a leaf order of its tree.
+
+    ``[start, split)`` holds the classes of its first child along the order, ``[split, end)`` those of the second.
+    """
     m = order.shape[0]
     pos = np.empty(m, dtype=np.intp)
     pos[order] = np.arange(m)
@@ -1023,15 +1026,20 @@ def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
 
 
 def _fcm_sizes(m: int) -> list[int]:
-    """Numbers of fuzzy clusters tried: roughly doubling, so that one of them has about one cluster per failed group
-    plus one for the rest, whatever the number of failed groups (up to 16)."""
+    """Numbers of fuzzy clusters tried.
+
+    Roughly doubling, so that one of them has about one cluster per failed group plus one for the rest, whatever the
+    number of failed groups (up to 16).
+    """
     return [c for c in _FCM_CLUSTERS if c < m // 2] or [2]
 
 
 def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
-    """``c`` rows of ``x`` chosen k-means++ style: each next one with probability proportional to its squared
-    distance to the nearest one chosen so far (random memberships would start every centre at the mean of all rows,
-    a fixed point of fuzzy c-means in many dimensions)."""
+    """``c`` rows of ``x`` chosen k-means++ style.
+
+    Each next one with probability proportional to its squared distance to the nearest one chosen so far (random
+    memberships would start every centre at the mean of all rows, a fixed point of fuzzy c-means in many dimensions).
+    """
     m = x.shape[0]
     chosen = [int(rng.integers(m))]
     nearest = np.maximum(sq_rows + sq_rows[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)
@@ -1047,12 +1055,12 @@ def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, c: int, rng: np.random.
 def _fuzzy_cmeans(
     x: np.ndarray, sizes: Sequence[int], seed: int, restarts: int = 2, iters: int = 60, fuzz: float = _FUZZ
 ) -> list[np.ndarray]:
-    """Fuzzy c-means memberships (m x c) of the rows of x for each ``c`` in ``sizes``: the best of a few seeded
-    restarts each (lowest objective).
+    """Fuzzy c-means memberships (m x c) of the rows of x for each ``c`` in ``sizes``.
 
-    Memberships are ``u_ic ∝ d_ic^(-2 / (fuzz - 1))``. All the runs (every ``c``, every restart) advance together
-    as column blocks of one ``(m, sum c * restarts)`` problem, in place: one matrix product and a few array
-    operations per iteration instead of a Python loop per run.
+    Each is the best of a few seeded restarts (lowest objective). Memberships are
+    ``u_ic ∝ d_ic^(-2 / (fuzz - 1))``. All the runs (every ``c``, every restart) advance together as column blocks
+    of one ``(m, sum c * restarts)`` problem, in place: one matrix product and a few array operations per iteration
+    instead of a Python loop per run.
     """
     rng = np.random.default_rng(seed)
     m = x.shape[0]
@@ -1096,7 +1104,7 @@ def _fuzzy_cmeans(
     _membership_weights(u, fuzz, w)
     objective = (ones_m @ (w * d2)) @ onehot
     out = []
-    for i, c in enumerate(sizes):
+    for i in range(len(sizes)):
         tried = range(i * restarts, (i + 1) * restarts)
         best = min(tried, key=lambda r: (objective[r], r))
         out.append(u[:, block == best].copy())
@@ -1116,8 +1124,9 @@ def _failed_groups(
 ) -> tuple[FailedGroup, ...]:
     """Mutually similar classes that the tree scatters over several groups.
 
-    Fuzzy c-means (``c`` in 2, 3 and ``k + 1``) on the rows of the residual matrix: the similarity minus the mean
-    similarity of the two classes' groups, i.e. what the flat groups do not already explain. A fuzzy cluster
+    Fuzzy c-means (``c`` in 2, 3, 5, 9, 17) on the rows of the residual matrix: the similarity minus the mean
+    similarity of the two classes' groups, i.e. what the flat groups do not already explain; for ``m > 48`` the rows
+    are taken in the residual's dominant 48-dimensional subspace. A fuzzy cluster
     (membership above ``membership``) is a failed group when its members span two groups or more, no group holds
     more than 3/4 of them, and the mean similarity of members in *different* groups is at least ``ratio`` times
     the mean within-group similarity.
@@ -1219,8 +1228,9 @@ def analyze(
         failed_ratio: a fuzzy cluster spread over several groups is a failed group when the mean similarity of
             its members that sit in different groups is at least this fraction of the mean within-group similarity.
         failed_membership: fuzzy membership above which a class belongs to a fuzzy cluster.
-        find_failed: look for failed groups (fuzzy c-means on the rows of the residual matrix: the similarity
-            minus the block means of the flat groups, i.e. the structure the tree did not capture).
+        find_failed: look for failed groups (fuzzy c-means on the rows of the residual matrix, the similarity
+            minus the block means of the flat groups, i.e. the structure the tree did not capture; in its dominant
+            48-dimensional subspace for more than 48 classes).
         seed: seed of the fuzzy clustering (the result is deterministic for a seed).
 
     Returns:

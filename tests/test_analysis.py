@@ -323,6 +323,8 @@ def test_json_summary_has_no_nan(planted):
         (np.ones((2, 2, 2)), r"square \(m, m\) matrix, but got shape \(2, 2, 2\)"),
         (np.ones((1, 1)), r"at least 2 classes, but got shape \(1, 1\)"),
         (np.array([[1.0, np.nan], [np.nan, 1.0]]), r"finite, but rows \[0, 1\] hold NaN"),
+        (np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, np.inf]]), r"finite, but rows \[2\] hold NaN or inf"),
+        (np.array([[1.0, 0.5, -np.inf], [0.5, 1.0, 0.0], [-np.inf, 0.0, 1.0]]), r"finite, but rows \[0, 2\]"),
         (np.array([[1.0, 0.5], [0.2, 1.0]]), r"symmetric, but it differs from its transpose by up to 0.3"),
     ],
 )
@@ -352,3 +354,98 @@ def test_optimal_ordering_warns_above_1000():
     sim = np.corrcoef(np.random.default_rng(0).standard_normal((1001, 4)))
     with pytest.warns(UserWarning, match=r"optimal_ordering=True on 1001 classes can take minutes"):
         analyze(sim, optimal_ordering=True, n_groups=2, find_failed=False)
+
+
+# ----------------------------------------------------------------------------------------------- large-m paths
+
+
+def _groups_with_failed(rng, subs, per, failed, n=3000):
+    """Sub-groups of `per` classes; each failed set takes one class from six different sub-groups and adds a shared
+    factor, so its members are mutually similar (r ~ 0.46) but stay in their own sub-groups (r ~ 0.63)."""
+    m = subs * per
+    sub = np.repeat(np.arange(subs), per)
+    f_sub = rng.standard_normal((n, subs))
+    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
+    wanted = []
+    for g in range(failed):
+        subs_g = np.arange(6 * g, 6 * g + 6) % subs
+        members = subs_g * per + g % per
+        x[:, members] = (
+            1.5 * rng.standard_normal(n)[:, None] + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, 6))
+        )
+        wanted.append(tuple(sorted(members.tolist())))
+    return np.corrcoef(x, rowvar=False), sub, wanted
+
+
+@pytest.mark.parametrize(("subs", "per", "failed", "seed"), [(20, 10, 1, 0), (20, 10, 1, 1), (30, 10, 3, 200)])
+def test_failed_groups_found_in_the_residual_subspace(subs, per, failed, seed):
+    # m > 48: the rows of the residual are taken in its dominant subspace before the fuzzy clustering
+    sim, sub, wanted = _groups_with_failed(np.random.default_rng(seed), subs, per, failed)
+    res = analyze(sim, n_groups=subs)
+    assert adjusted_rand_score(sub, res.groups) == 1.0
+    assert sorted(f.members for f in res.failed_groups) == sorted(wanted)
+    for f in res.failed_groups:
+        members = np.asarray(f.members)
+        lab = res.groups[members]
+        across = lab[:, None] != lab[None, :]
+        assert f.similarity == pytest.approx(sim[np.ix_(members, members)][across].mean())
+
+
+def test_no_failed_groups_without_planted_ones(rng):
+    sim, _, _ = _groups_with_failed(rng, 30, 10, 0)
+    assert analyze(sim, n_groups=30).failed_groups == ()
+
+
+def _clustered(rng, m, n=300):
+    groups = rng.integers(0, m // 40, m)
+    rows = rng.standard_normal((m // 40, n))[groups] + 1.5 * rng.standard_normal((m, n))
+    return np.corrcoef(rows)
+
+
+@pytest.mark.parametrize("method", ["complete", "average", "single", "ward"])
+def test_large_m_metrics_match_scipy_and_sklearn(method):
+    # m > 1,500: cophenetic correlation from the tree (no all-pairs vector), silhouettes of every cut from one fine
+    # cut (complete, average, single) or from distance rows (ward), on 1,000 evenly spaced sample classes
+    from sklearn.metrics import silhouette_samples
+
+    sim = _clustered(np.random.default_rng(5), 1600)
+    m = sim.shape[0]
+    dist = np.maximum(1 - sim, 0)
+    if method == "ward":
+        dist = np.sqrt(2 * dist)
+    np.fill_diagonal(dist, 0)
+    z = linkage(squareform(dist, checks=False), method)
+    res = analyze(sim, method=method)
+    assert res.metrics["cophenetic_corr"] == pytest.approx(cophenet(z, squareform(dist, checks=False))[0], abs=1e-10)
+    sample = np.linspace(0, m - 1, 1000).astype(int)
+    scores = {}
+    for k in range(2, 31):
+        labels = fcluster(z, k, "maxclust")
+        if len(set(labels)) >= 2:
+            scores[k] = silhouette_samples(dist, labels, metric="precomputed")[sample].mean()
+    best = max(scores, key=lambda k: (round(scores[k], 12), -k))
+    assert res.n_groups == len(set(fcluster(z, best, "maxclust")))
+    assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-9)
+    off = sim[~np.eye(m, dtype=bool)]
+    assert res.metrics["offdiag_mean"] == pytest.approx(off.mean(), abs=1e-12)
+    assert res.metrics["offdiag_std"] == pytest.approx(off.std(), rel=1e-10)
+    assert res.metrics["offdiag_skew"] == pytest.approx(skew(off), rel=1e-8)
+
+
+def test_automatic_choice_with_tied_heights_matches_fcluster():
+    # integer-valued similarities: many merges at the same height, where fcluster's maxclust gives fewer than k
+    # groups; the silhouettes of all cuts at once must follow fcluster exactly
+    rng = np.random.default_rng(3)
+    pts = rng.integers(0, 4, (60, 2)).astype(float)
+    sim = 1.0 - np.abs(pts[:, None, :] - pts[None, :, :]).sum(-1) / 8.0
+    dist = 1 - sim
+    z = linkage(squareform(dist, checks=False), "complete")
+    scores = {}
+    for k in range(2, 31):
+        labels = fcluster(z, k, "maxclust")
+        if len(set(labels)) >= 2:
+            scores[k] = silhouette_score(dist, labels, metric="precomputed")
+    best = max(scores, key=lambda k: (round(scores[k], 12), -k))
+    res = analyze(sim)
+    assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-12)
+    assert adjusted_rand_score(fcluster(z, best, "maxclust"), res.groups) == 1.0

@@ -46,6 +46,8 @@ _FUZZ = 1.5
 _TREE_COPHENET_MIN = 1500
 #: Numbers of fuzzy clusters tried for failed groups.
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
+#: Fuzzy c-means stops when no membership moves more than this (memberships are thresholded at about 0.3).
+_FCM_TOL = 1e-3
 #: Chunk of the passes over all pairs: 64 KB buffers stay in cache and off the page-faulting mmap path.
 _CHUNK = 1 << 13
 
@@ -296,13 +298,14 @@ def _max_asymmetry(mat: np.ndarray, tile: int = 128) -> float:
     """
     m = mat.shape[0]
     worst = 0.0
-    for i in range(0, m, tile):
-        for j in range(i, m, tile):
-            diff = float(np.abs(mat[i : i + tile, j : j + tile] - mat[j : j + tile, i : i + tile].T).max())
-            if not diff <= worst:  # also true for NaN
-                worst = diff
-                if not math.isfinite(diff):
-                    return diff
+    with np.errstate(invalid="ignore"):  # inf - inf
+        for i in range(0, m, tile):
+            for j in range(i, m, tile):
+                diff = float(np.abs(mat[i : i + tile, j : j + tile] - mat[j : j + tile, i : i + tile].T).max())
+                if not diff <= worst:  # also true for NaN
+                    worst = diff
+                    if not math.isfinite(diff):
+                        return diff
     return worst
 
 
@@ -1095,7 +1098,7 @@ def _fuzzy_cmeans(
         new /= (new @ onehot) @ onehot.T  # normalise within each run
         if it:
             np.subtract(new, u, out=w)
-            done = float(np.abs(w, out=w).max()) < 1e-5
+            done = float(np.abs(w, out=w).max()) < _FCM_TOL
         else:
             done = False
         u, new = new, u
@@ -1141,16 +1144,26 @@ def _failed_groups(
     onehot[np.arange(m), labels] = 1.0
     dim = 48
     if m > dim:
-        # rows of the residual R = S - E B E^T in its dominant subspace, never forming R: a random projection
-        # R P, orthonormalised to Q, and the rows of R Q (one step of a randomised range finder). Dense blocks of R
-        # (the failed groups) dominate that subspace, the noise of the m - dim other directions is dropped.
-        def residual_times(p: np.ndarray) -> np.ndarray:
-            out = sim32 @ p.astype(np.float32)
-            out -= (onehot @ (block_mean @ (onehot.T @ p))).astype(np.float32)
+        # rows of the residual R = S - E B E^T in its dominant subspace, never forming R: a random sketch R P
+        # (P: one random sign per class, in a random one of `dim` columns: a sparse product, one pass over S),
+        # orthonormalised to Q, and the rows of R Q (one step of a randomised range finder). Dense blocks of R (the
+        # failed groups) dominate that subspace, the noise of the m - dim other directions is dropped.
+        def residual_times(p: np.ndarray | csr_matrix) -> np.ndarray:
+            if isinstance(p, csr_matrix):  # S P = (P^T S)^T, S being symmetric
+                out = np.ascontiguousarray(np.asarray(p.T.tocsr() @ sim32).T)
+                etp = np.asarray(p.T @ onehot).T
+            else:
+                out = sim32 @ p.astype(np.float32)
+                etp = onehot.T @ p
+            out -= (onehot @ (block_mean @ etp)).astype(np.float32)
             return out
 
-        proj = np.random.default_rng(seed).standard_normal((m, dim))
-        basis = _orthonormal_basis(residual_times(proj))
+        rng = np.random.default_rng(seed)
+        sketch = csr_matrix(
+            (rng.choice(np.array([-1.0, 1.0], dtype=np.float32), m), (np.arange(m), rng.integers(0, dim, m))),
+            shape=(m, dim),
+        )
+        basis = _orthonormal_basis(residual_times(sketch))
         if basis.shape[1] == 0:  # the groups explain the matrix entirely
             return ()
         residual = residual_times(basis)

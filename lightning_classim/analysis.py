@@ -1039,7 +1039,7 @@ def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
     """
     y64 = y.astype(np.float64)
     evals, evecs = np.linalg.eigh(y64.T @ y64)
-    keep = evals > max(evals[-1], 0.0) * 1e-10 if evals[-1] > 0 else np.zeros(evals.shape, dtype=bool)
+    keep = evals > evals[-1] * 1e-10 if evals[-1] > 0 else np.zeros(evals.shape, dtype=bool)
     return y64 @ (evecs[:, keep] / np.sqrt(evals[keep]))
 
 

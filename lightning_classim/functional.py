@@ -220,15 +220,20 @@ def _class_similarity_compute(
     return _Result(cov.to(out_dtype), constant.nonzero().flatten())
 
 
-def _warn_constant(constant: Tensor, undefined: UndefinedPolicy) -> None:
-    """Name the classes whose correlation is undefined (on rank 0 only)."""
+def _warn_constant(
+    constant: Tensor,
+    undefined: UndefinedPolicy,
+    reason: str = "had a constant score over all samples",
+    see: str = "ClassSimilarity.constant_classes",
+) -> None:
+    """Name the classes whose similarity is undefined, and why (on rank 0 only)."""
     if len(constant) == 0:
         return
     shown = constant[:20].tolist()
     more = "" if len(constant) <= 20 else f" and {len(constant) - 20} more"
     rank_zero_warn(
-        f"{len(constant)} classes had a constant score over all samples, so their correlation is undefined and "
-        f"set to {'NaN' if undefined == 'nan' else '0'}: {shown}{more}. See `ClassSimilarity.constant_classes`.",
+        f"{len(constant)} classes {reason}, so their similarity is undefined and "
+        f"set to {'NaN' if undefined == 'nan' else '0'}: {shown}{more}. See `{see}`.",
         UserWarning,
     )
 

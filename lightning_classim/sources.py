@@ -105,7 +105,7 @@ def weight_similarity(weight: Tensor | nn.Module, num_classes: int | None = None
             "Name the final classification layer, whose output width is the number of classes."
         )
     sim, zero = cosine_similarity_matrix(w.detach())
-    _warn_constant(zero.cpu(), "zero")
+    _warn_constant(zero.cpu(), "zero", "had an all-zero weight row", "weight_similarity")
     return sim
 
 
@@ -306,5 +306,10 @@ class ClassFeatureSimilarity(Metric):
         self.class_statistics = stats
         sim, zero = cosine_similarity_matrix(stats)
         self.undefined_classes = zero.cpu()
-        _warn_constant(self.undefined_classes, "zero")
+        _warn_constant(
+            self.undefined_classes,
+            "zero",
+            "had no samples (fewer than 2 for `statistic='welch'`) or an all-zero statistic vector",
+            "ClassFeatureSimilarity.undefined_classes",
+        )
         return sim

@@ -100,10 +100,19 @@ def test_welch_t_statistics_match_scipy(rng):
 def test_classes_without_samples_are_reported(rng):
     met = ClassFeatureSimilarity(4, 3)
     met.update(torch.randn(50, 3) + 1, torch.randint(0, 3, (50,)))
-    with pytest.warns(UserWarning, match=r"1 classes had a constant score .*\[3\]"):
+    with pytest.warns(UserWarning, match=r"1 classes had no samples .*\[3\]\. See `ClassFeatureSimilarity"):
         out = met.compute()
     assert met.undefined_classes.tolist() == [3]
     assert out[3, 3] == 1 and (out[3, :3] == 0).all() and not torch.isnan(out).any()
+
+
+def test_weight_similarity_names_zero_rows(rng):
+    w = torch.tensor(rng.standard_normal((4, 3)))
+    w[1] = 0
+    with pytest.warns(UserWarning, match=r"1 classes had an all-zero weight row.*set to 0: \[1\]"):
+        out = weight_similarity(w)
+    assert out[1, 1] == 1 and (out[1, [0, 2, 3]] == 0).all()
+    np.testing.assert_allclose(out[[0, 2, 3]][:, [0, 2, 3]].numpy(), cosine_similarity(w[[0, 2, 3]].numpy()), atol=1e-6)
 
 
 def test_weight_similarity_tensor_and_module(rng):

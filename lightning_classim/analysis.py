@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.cluster.hierarchy import cophenet, fcluster, is_monotonic, leaves_list, optimal_leaf_ordering
+from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, optimal_leaf_ordering
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse import csr_matrix
 from scipy.spatial.distance import squareform
@@ -597,18 +597,47 @@ def align_order(linkage: np.ndarray, previous_order: Any) -> np.ndarray:
 
 def _relabel_by_order(labels: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Relabel 0..k-1 by first appearance along ``order``."""
-    seen: dict[int, int] = {}
-    for lab in labels[order]:
-        if int(lab) not in seen:
-            seen[int(lab)] = len(seen)
+    present, first = np.unique(labels[order], return_index=True)
     mapping = np.zeros(int(labels.max()) + 1, dtype=np.intp)
-    for old, new in seen.items():
-        mapping[old] = new
+    mapping[present[np.argsort(first)]] = np.arange(present.shape[0])
     return mapping[labels]
 
 
 def _cut(z: np.ndarray, k: int) -> np.ndarray:
     return fcluster(z, k, criterion="maxclust").astype(np.intp) - 1
+
+
+class _Cuts:
+    """Flat cuts of a linkage, as ``fcluster``'s ``"maxclust"`` and ``"distance"`` criteria make them.
+
+    For a monotone tree a cut at height ``t`` puts a group boundary exactly at the gaps between neighbours along the
+    leaf order that are higher than ``t``: an ``O(m)`` cumulative sum, with labels numbered along the order (and
+    without scipy's validation of the tree at every call). Other trees go through ``fcluster``.
+    """
+
+    def __init__(self, z: np.ndarray, order: np.ndarray) -> None:
+        self.z = z
+        self.order = order
+        self.monotone = bool(np.all(z[1:, 2] >= z[:-1, 2]))
+        self.ranges = _merge_ranges(z, order) if self.monotone else None
+        self.gaps = _gap_heights(z, self.ranges[1]) if self.ranges is not None else None
+
+    def at_height(self, t: float) -> np.ndarray:
+        """Groups whose classes are at most ``t`` apart in the tree."""
+        if self.gaps is None:
+            return fcluster(self.z, t, criterion="distance").astype(np.intp) - 1
+        along = np.zeros(self.order.shape[0], dtype=np.intp)
+        np.cumsum(self.gaps > t, out=along[1:])
+        labels = np.empty_like(along)
+        labels[self.order] = along
+        return labels
+
+    def into(self, k: int) -> np.ndarray:
+        """At most ``k`` groups (fewer when merge heights tie), as ``fcluster(z, k, "maxclust")``."""
+        if self.gaps is None:
+            return _cut(self.z, k)
+        m = self.order.shape[0]
+        return self.at_height(-np.inf if k >= m else float(_maxclust_heights(self.z, np.array([k]))[0]))
 
 
 def _silhouette_rows(m: int) -> np.ndarray:
@@ -680,12 +709,12 @@ def _silhouettes_nested(
     return {int(k): float(score[i]) for i, k in enumerate(k_arr) if n_seg[i] >= 2}
 
 
-def _silhouettes_dense(dist: _Distances, z: np.ndarray, ks: range) -> dict[int, float]:
+def _silhouettes_dense(dist: _Distances, cuts: _Cuts, ks: range) -> dict[int, float]:
     """Mean silhouette of the cuts into k groups, from distance rows (any distance, any tree)."""
     m = dist.sim.shape[0]
     rows = _silhouette_rows(m)
     kmax = max(ks)
-    fine = _cut(z, kmax)
+    fine = cuts.into(kmax)
     n_fine = int(fine.max()) + 1
     onehot = np.zeros((m, n_fine))
     onehot[np.arange(m), fine] = 1.0
@@ -693,7 +722,7 @@ def _silhouettes_dense(dist: _Distances, z: np.ndarray, ks: range) -> dict[int, 
     fine_sums = drows @ onehot  # (rows, n_fine)
     out: dict[int, float] = {}
     for k in ks:
-        labels = _cut(z, k)
+        labels = cuts.into(k)
         n_k = int(labels.max()) + 1
         if n_k < 2 or n_k >= m:
             continue
@@ -940,12 +969,12 @@ def _summaries(
     within_pairs = sizes * (sizes - 1)
     total_row = sums.sum(axis=1)
     m = labels.shape[0]
-    position = np.empty(m, dtype=np.intp)
-    position[order] = np.arange(m)
+    # the classes of each group along the order: a stable sort of the order by group
+    along = order[np.argsort(labels[order], kind="stable")].tolist()
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp).tolist()
     out = []
     for g in range(k):
-        members = np.nonzero(labels == g)[0]
-        members = members[np.argsort(position[members])]
+        members = along[bounds[g] : bounds[g + 1]]
         cohesion = within_sum[g] / within_pairs[g] if within_pairs[g] > 0 else float("nan")
         outside = sizes[g] * (m - sizes[g])
         separation = (total_row[g] - sums[g, g]) / outside if outside > 0 else float("nan")
@@ -955,8 +984,8 @@ def _summaries(
         out.append(
             GroupSummary(
                 group=g,
-                members=tuple(int(i) for i in members),
-                names=tuple(names[int(i)] for i in members),
+                members=tuple(members),
+                names=tuple(names[i] for i in members),
                 size=int(sizes[g]),
                 cohesion=float(cohesion),
                 separation=float(separation),
@@ -972,7 +1001,7 @@ def _summaries(
 
 
 def _split_groups(
-    block_sums: _BlockSums, z: np.ndarray, labels: np.ndarray, k: int, cohesion: np.ndarray, ratio: float, limit: int
+    block_sums: _BlockSums, cuts: _Cuts, labels: np.ndarray, k: int, cohesion: np.ndarray, ratio: float, limit: int
 ) -> tuple[SplitGroup, ...]:
     """Dense off-diagonal blocks.
 
@@ -982,7 +1011,7 @@ def _split_groups(
     k_fine = _split_fine_k(k, labels.shape[0])
     if k < 2 or k_fine <= k:
         return ()
-    fine = _cut(z, k_fine)
+    fine = cuts.into(k_fine)
     n_fine = int(fine.max()) + 1
     sums, sizes, _ = block_sums.blocks(fine)
     parent = np.zeros(n_fine, dtype=np.intp)
@@ -1327,19 +1356,18 @@ def analyze(
     # the flat groups; one sparse pass over the matrix sums it over the clusters of a fine cut that the groups, the
     # silhouette cuts and the split-group sub-blocks all nest in (monotone trees)
     auto = n_groups is None and distance_threshold is None
+    cuts = _Cuts(z, tree_order)
     if n_groups is not None:
-        raw = _cut(z, n_groups)
+        raw = cuts.into(n_groups)
     elif distance_threshold is not None:
-        raw = fcluster(z, distance_threshold, criterion="distance").astype(np.intp) - 1
+        raw = cuts.at_height(distance_threshold)
     else:
         raw = np.zeros(m, dtype=np.intp)
     ks = range(2, max(2, min(max_groups, m - 1)) + 1)
     need = max(ks) if auto else int(raw.max()) + 1
-    fine = None
-    if is_monotonic(z):
-        fine = _relabel_by_order(_cut(z, max(need, _split_fine_k(need, m))), tree_order)
+    ranges = cuts.ranges
+    fine = cuts.into(max(need, _split_fine_k(need, m))) if ranges is not None else None  # numbered along the order
     block_sums = _BlockSums(sim, fine)
-    ranges = _merge_ranges(z, tree_order) if fine is not None else None
 
     # cophenetic correlation: from the tree and the fine block sums when the distance is 1 - s, else all pairs
     cross = None
@@ -1356,14 +1384,15 @@ def analyze(
         if m < 3:
             scores: dict[int, float] = {}
         elif ranges is not None and dist.linear:
-            scores = _silhouettes_nested(block_sums, _gap_heights(z, ranges[1]), z, tree_order, ks)
+            assert cuts.gaps is not None
+            scores = _silhouettes_nested(block_sums, cuts.gaps, z, tree_order, ks)
         else:
-            scores = _silhouettes_dense(dist, z, ks)
+            scores = _silhouettes_dense(dist, cuts, ks)
         if scores:
             best = max(scores, key=lambda k: (round(scores[k], 12), -k))
             metrics["silhouette"] = scores[best]
-            raw = _cut(z, best)
-    labels = _relabel_by_order(raw, leaf_order)
+            raw = cuts.into(best)
+    labels = raw if leaf_order is tree_order and cuts.monotone else _relabel_by_order(raw, leaf_order)
     k = int(labels.max()) + 1
     summary, mean_within, mean_between = _summaries(block_sums, labels, leaf_order, names)
 
@@ -1381,7 +1410,7 @@ def analyze(
     )
     del dist
     cohesions = np.array([g.cohesion for g in summary])
-    split = _split_groups(block_sums, z, labels, k, cohesions, split_ratio, limit=10)
+    split = _split_groups(block_sums, cuts, labels, k, cohesions, split_ratio, limit=10)
     sim32 = sim.astype(np.float32)
     failed: tuple[FailedGroup, ...] = ()
     if find_failed and k >= 2:

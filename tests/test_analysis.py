@@ -451,6 +451,31 @@ def test_automatic_choice_with_tied_heights_matches_fcluster():
     assert adjusted_rand_score(fcluster(z, best, "maxclust"), res.groups) == 1.0
 
 
+@pytest.mark.parametrize("method", ["complete", "average", "centroid"])
+def test_cuts_by_count_and_height_match_fcluster(method):
+    # complete/average: tied merge heights (integer-valued similarities), where a cut into k groups may give fewer,
+    # exactly as fcluster's maxclust, and a height cut at a merge height keeps that merge; centroid: a tree with
+    # inversions (not monotone), cut by fcluster itself
+    rng = np.random.default_rng(11)
+    if method == "centroid":
+        sim = np.corrcoef(rng.standard_normal((40, 6)))
+        dist = np.sqrt(2 * np.maximum(1 - sim, 0))
+        np.fill_diagonal(dist, 0)
+    else:
+        pts = rng.integers(0, 4, (40, 2)).astype(float)
+        sim = 1.0 - np.abs(pts[:, None, :] - pts[None, :, :]).sum(-1) / 8.0
+        dist = 1 - sim
+    z = linkage(squareform(dist, checks=False), method)
+    assert (method == "centroid") != bool(np.all(np.diff(z[:, 2]) >= 0))
+    for k in range(1, 41):
+        got = analyze(sim, method=method, n_groups=k, find_failed=False).groups
+        assert adjusted_rand_score(fcluster(z, k, "maxclust"), got) == 1.0, k
+    for t in np.unique(z[:, 2]):
+        for height in (t, np.nextafter(t, -np.inf)):
+            got = analyze(sim, method=method, distance_threshold=height, find_failed=False).groups
+            assert adjusted_rand_score(fcluster(z, height, "distance"), got) == 1.0, height
+
+
 def test_cophenetic_corr_of_a_long_chain_matches_scipy():
     # single linkage on a chain: the fine clusters are too large for the tree-based sums, so all pairs are used
     x = np.cumsum(np.random.default_rng(0).random(1600) ** 3)

@@ -1081,22 +1081,32 @@ def _fcm_sizes(m: int) -> list[int]:
     return [c for c in _FCM_CLUSTERS if c < m // 2] or [2]
 
 
-def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
-    """``c`` rows of ``x`` chosen k-means++ style.
+def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, runs: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """``c`` rows of ``x`` chosen k-means++ style for each ``c`` in ``runs``, all runs at once (centres stacked).
 
-    Each next one with probability proportional to its squared distance to the nearest one chosen so far (random
-    memberships would start every centre at the mean of all rows, a fixed point of fuzzy c-means in many dimensions).
+    Each next centre of a run is a row drawn with probability proportional to its squared distance to the nearest
+    centre the run has so far (random memberships would start every centre at the mean of all rows, a fixed point of
+    fuzzy c-means in many dimensions). Step ``j`` draws the ``j``-th centre of every run that has one: one matrix
+    product per step instead of one per centre.
     """
     m = x.shape[0]
-    chosen = [int(rng.integers(m))]
-    nearest = np.maximum(sq_rows + sq_rows[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)
-    for _ in range(1, c):
-        cum = np.cumsum(nearest)
-        pick = int(np.searchsorted(cum, rng.random() * cum[-1], side="right")) if cum[-1] > 0 else int(rng.integers(m))
-        pick = min(pick, m - 1)
-        chosen.append(pick)
-        np.minimum(nearest, np.maximum(sq_rows + sq_rows[pick] - 2.0 * (x @ x[pick]), 0.0), out=nearest)
-    return x[chosen].copy()
+    sizes = np.asarray(runs)
+    picks = np.zeros((len(runs), int(sizes.max())), dtype=np.intp)
+    picks[:, 0] = rng.integers(0, m, len(runs))
+    nearest = np.maximum(sq_rows[None, :] + sq_rows[picks[:, 0], None] - 2.0 * (x[picks[:, 0]] @ x.T), 0.0)
+    for j in range(1, picks.shape[1]):
+        active = sizes > j
+        near = nearest[active]  # (runs still drawing, m)
+        cum = np.cumsum(near, axis=1)
+        draw = rng.random(near.shape[0]) * cum[:, -1]
+        chosen = np.minimum(np.count_nonzero(cum <= draw[:, None], axis=1), m - 1)  # searchsorted, side="right"
+        flat = cum[:, -1] <= 0
+        if flat.any():  # all rows coincide with the centres so far
+            chosen[flat] = rng.integers(0, m, int(flat.sum()))
+        picks[active, j] = chosen
+        d = sq_rows[None, :] + sq_rows[chosen, None] - 2.0 * (x[chosen] @ x.T)
+        nearest[active] = np.minimum(near, np.maximum(d, 0.0))
+    return np.concatenate([x[picks[r, :c]] for r, c in enumerate(runs)])
 
 
 def _fuzzy_cmeans(
@@ -1118,7 +1128,7 @@ def _fuzzy_cmeans(
     block = np.repeat(np.arange(len(runs)), runs)  # run of each column
     onehot = np.zeros((block.shape[0], len(runs)), dtype)
     onehot[np.arange(block.shape[0]), block] = 1.0
-    centres = np.concatenate([_plus_plus_seeds(x, sq_rows[:, 0], c, rng) for c in runs])
+    centres = _plus_plus_seeds(x, sq_rows[:, 0], runs, rng)
     total = centres.shape[0]
     u = np.empty((m, total), dtype)
     new = np.empty((m, total), dtype)

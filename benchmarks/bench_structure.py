@@ -10,6 +10,11 @@ For each m, on a similarity matrix of realistic structure (the correlation of lo
   would call it on the matrix: ``linkage(squareform(1 - S, checks=False), "complete")``; and, for reference, the
   bare ``linkage`` call on a condensed distance vector made beforehand (without the user's ``1 - S`` and
   ``squareform``, which cost about as much as the linkage itself at m = 10,000).
+* ``required steps``: the steps that any run of ``analyze`` needs whatever its options, each timed alone with the
+  package's own (fastest) code: the input check (symmetry and finiteness), the condensed ``1 - s`` pairs and their
+  moments, the bare linkage call, the leaf order, one pass of sums over groups, and the cophenetic correlation's
+  all-pairs product (below 1,500 classes). Their sum against the user's linkage call shows how much room a target
+  "analysis within 1.5x of the linkage" leaves for the silhouettes, summaries, split and failed groups.
 * ``render``: :func:`render_heatmap` (1024 px budget) plus :func:`save_png`, next to matplotlib ``imshow`` +
   ``savefig`` of the same ordered matrix at full resolution (one pixel per cell, as a user would to see every
   class).
@@ -46,6 +51,28 @@ def best_of(fn: object, repeats: int) -> float:
     return best
 
 
+def required_steps(sim: np.ndarray, repeats: int) -> dict[str, float]:
+    """Best-of times of the steps every analysis needs (package internals: this is a benchmark, not an API)."""
+    from scipy.cluster.hierarchy import cophenet, leaves_list
+
+    from lightning_classim.analysis import _BlockSums, _Distances, as_similarity_matrix
+
+    m = sim.shape[0]
+    condensed = squareform(1 - sim, checks=False)
+    z = linkage(condensed, "complete")
+    labels = np.arange(m) % max(2, min(120, m // 2))
+    steps = {
+        "input check": lambda: as_similarity_matrix(sim),
+        "condensed pairs and moments": lambda: _Distances(sim, "correlation", "complete").moments,
+        "bare linkage": lambda: linkage(condensed, "complete"),
+        "leaf order": lambda: leaves_list(z),
+        "one pass of group sums": lambda: _BlockSums(sim, labels),
+    }
+    if m < 1500:
+        steps["cophenetic product"] = lambda: float(np.dot(cophenet(z), condensed))
+    return {name: best_of(fn, repeats) for name, fn in steps.items()}
+
+
 def matplotlib_png(mat: np.ndarray, path: str) -> None:
     from matplotlib.figure import Figure
 
@@ -69,6 +96,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     tmp = tempfile.mkdtemp()
+    floors: list[tuple[int, float, dict[str, float]]] = []
     for m in args.sizes:
         sim = similarity(m)
         repeats = 7 if m <= 4000 else 2
@@ -96,6 +124,13 @@ def main() -> None:
             f"{t_mpl:.2f} s | {t_mpl / t_render:.1f}x | {size_ours:.2f} MB / {size_mpl:.1f} MB |",
             flush=True,
         )
+        floors.append((m, t_link, required_steps(sim, repeats)))
+    print("\n| m | scipy linkage alone | required steps | required/linkage | of which |")
+    print("| --- | --- | --- | --- | --- |")
+    for m, t_link, steps in floors:
+        total = sum(steps.values())
+        parts = ", ".join(f"{name} {t * 1e3:.2f} ms" for name, t in steps.items())
+        print(f"| {m} | {t_link * 1e3:.2f} ms | {total * 1e3:.2f} ms | {total / t_link:.2f}x | {parts} |")
 
 
 if __name__ == "__main__":

@@ -494,3 +494,48 @@ def test_no_failed_groups_when_the_groups_explain_everything():
     assert adjusted_rand_score(lab, res.groups) == 1.0
     assert res.failed_groups == ()
     assert res.split_groups == ()
+
+
+def test_automatic_choice_on_a_tree_with_inversions_matches_sklearn():
+    # centroid linkage with inversions: the cuts do not all nest, so each cut's silhouette comes from its own sums
+    sim = np.corrcoef(np.random.default_rng(0).standard_normal((40, 6)))
+    dist = np.sqrt(2 * np.maximum(1 - sim, 0))
+    np.fill_diagonal(dist, 0)
+    z = linkage(squareform(dist, checks=False), "centroid")
+    assert not np.all(np.diff(z[:, 2]) >= 0)
+    scores = {}
+    for k in range(2, 31):
+        labels = fcluster(z, k, "maxclust")
+        if 2 <= len(set(labels)) < 40:
+            scores[k] = silhouette_score(dist, labels, metric="precomputed")
+    best = max(scores, key=lambda k: (round(scores[k], 12), -k))
+    res = analyze(sim, method="centroid")
+    assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-12)
+    assert adjusted_rand_score(fcluster(z, best, "maxclust"), res.groups) == 1.0
+
+
+def test_two_classes():
+    res = analyze(np.array([[1.0, 0.3], [0.3, 1.0]]), class_names=["a", "b"])
+    assert res.groups.tolist() == [0, 0] and res.order.tolist() == [0, 1]
+    assert "silhouette" not in res.metrics  # no cut of 2 classes into 2..m-1 groups
+    assert res.metrics["cophenetic_corr"] != res.metrics["cophenetic_corr"]  # NaN: a single pair has no variance
+    assert res.summary[0].cohesion == pytest.approx(0.3)
+    assert analyze(np.array([[1.0, 0.3], [0.3, 1.0]]), n_groups=2).groups.tolist() == [0, 1]
+
+
+def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):
+    # memberships u_ic = (1/d_ic^2)^(1/(f-1)) / sum_j (1/d_ij^2)^(1/(f-1)) and centres = sum_i u_ic^f x_i / sum_i
+    # u_ic^f, with fuzzifier f = 1.5 (Bezdek); written here from the formulas, in float64
+    from lightning_classim.analysis import _fuzzy_cmeans
+
+    x = np.concatenate([rng.standard_normal((40, 5)) + 4 * rng.standard_normal(5) for _ in range(4)])
+    for u in _fuzzy_cmeans(x.astype(np.float32), [2, 3, 5], seed=0, iters=500):
+        u = u.astype(np.float64)
+        assert u.shape[0] == 160
+        np.testing.assert_allclose(u.sum(axis=1), 1.0, atol=1e-5)
+        w = u**1.5
+        centres = (w.T @ x) / w.sum(axis=0)[:, None]
+        d2 = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+        ref = (1 / d2) ** 2
+        ref /= ref.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(u, ref, atol=5e-3)

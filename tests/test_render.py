@@ -97,6 +97,11 @@ def test_any_square_matrix_in_the_similarity_order(rng):
     confusion = rng.integers(0, 50, (45, 45)).astype(float)
     img = render_heatmap(confusion, res.order, res.groups, vmin=0, vmax=50, cmap="magma")
     assert img.shape[0] == img.shape[1] == 45 * (384 // 45)
+    # integer counts (a confusion matrix as it comes), no outlines: each cell is the colour of its count, permuted
+    counts = rng.integers(0, 51, (45, 45))
+    img = render_heatmap(counts, res.order, vmin=0, vmax=50, cmap="magma", min_pixels=45)
+    expected = lut("magma")[np.floor(counts[np.ix_(res.order, res.order)] * 255 / 50 + 0.5).astype(int)]
+    assert np.array_equal(img, expected)
 
 
 def test_png_of_a_planted_hierarchy_decodes_and_shows_blocks(tmp_path, rng):
@@ -128,6 +133,11 @@ def test_labelled_figure_and_dendrogram(tmp_path, rng):
     assert len(dend.axes[0].collections[0].get_segments()) == 44
     dend.savefig(tmp_path / "dend.png")
     assert Image.open(tmp_path / "fig.png").size[0] > 300
+    # past max_labels the names are dropped rather than drawn over each other
+    fig = plot_matrix(sim, res.order, class_names=names, max_labels=20)
+    assert fig.axes[0].get_xticklabels() == [] and fig.axes[0].get_yticklabels() == []
+    dend = plot_dendrogram(res.linkage, class_names=names, max_labels=20, title="tree")
+    assert dend.axes[0].get_xticklabels() == [] and dend.axes[0].get_title() == "tree"
 
 
 def test_dendrogram_of_a_deep_chain_does_not_recurse():

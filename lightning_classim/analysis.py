@@ -1157,6 +1157,31 @@ def _fuzzy_cmeans(
     return out
 
 
+#: The noise edge of the residual rows' spectrum: a drop of the squared singular values by this factor or more ...
+_GAP_RATIO = 2.5
+#: ... among the directions at least this many times the median one.
+_NOISE_FACTOR = 3.0
+
+
+def _above_the_noise(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` in its principal directions above a clear edge of the noise, or all of ``x`` without one.
+
+    The residual's dense blocks (failed groups) can stand out as a few strong directions above a bulk of noise
+    directions; the noise adds about the same distance to every fuzzy centre and so pulls the memberships towards
+    the trivial fixed point (all ``1/c``). The edge is the last drop of the squared singular values by a factor
+    ``_GAP_RATIO`` or more, among the directions at least ``_NOISE_FACTOR`` times the median one.
+    """
+    x64 = x.astype(np.float64)
+    evals, evecs = np.linalg.eigh(x64.T @ x64)
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    above = evals[:-1] >= _NOISE_FACTOR * np.median(evals)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        edges = np.nonzero(above & (evals[:-1] >= _GAP_RATIO * evals[1:]))[0]
+    if edges.shape[0] == 0:
+        return x
+    return (x64 @ evecs[:, : edges[-1] + 1]).astype(x.dtype)
+
+
 def _failed_groups(
     sim: np.ndarray,
     sim32: np.ndarray,
@@ -1173,12 +1198,12 @@ def _failed_groups(
 
     Fuzzy c-means (``c`` in 2, 3, 5, 9, 17) on the rows of the residual matrix: the similarity minus the mean
     similarity of the two classes' groups, i.e. what the flat groups do not already explain; for ``m > 48`` the rows
-    are taken in the residual's dominant 48-dimensional subspace. A fuzzy cluster
-    (membership above ``membership``) is a failed group when its members span two groups or more, no group holds
-    more than 3/4 of them, and the mean similarity of members in *different* groups is at least ``ratio`` of the
-    way from the mean between-group similarity (``background``) to the mean within-group similarity (``cohesion``):
-    measured from the background, so that a matrix with a high similarity everywhere does not make every large set
-    a failed group.
+    are taken in the residual's dominant 48-dimensional subspace, and in its directions above the noise edge of the
+    spectrum when it has a clear one (:func:`_above_the_noise`). A fuzzy cluster (membership above ``membership``)
+    is a failed group when its members span two groups or more, no group holds more than 3/4 of them, and the mean
+    similarity of members in *different* groups is at least ``ratio`` of the way from the mean between-group
+    similarity (``background``) to the mean within-group similarity (``cohesion``): measured from the background, so
+    that a matrix with a high similarity everywhere does not make every large set a failed group.
     """
     m = sim.shape[0]
     sums, sizes, _ = blocks
@@ -1215,24 +1240,32 @@ def _failed_groups(
         residual = residual_times(basis)
     else:
         residual = (sim - onehot @ block_mean @ onehot.T).astype(np.float32)
-    columns = [u[:, j] for u in _fuzzy_cmeans(residual, _fcm_sizes(m), seed) for j in range(u.shape[1])]
+    rows = _above_the_noise(residual)
+    columns = [u[:, j] for u in _fuzzy_cmeans(rows, _fcm_sizes(m), seed) for j in range(u.shape[1])]
     member_sets = np.stack(columns, axis=1) >= membership  # (m, candidates)
-    out: dict[tuple[int, ...], FailedGroup] = {}
-    for j in range(member_sets.shape[1]):
-        members = np.nonzero(member_sets[:, j])[0]
+    threshold = background + ratio * (cohesion - background)
+    largest = min(max(m // 2, 3), 4000)
+
+    def accept(members: np.ndarray) -> FailedGroup | None:
         n = len(members)
-        if n < 3 or n > max(m // 2, 3) or n > 4000:
-            continue
+        if n < 3 or n > largest:
+            return None
         spread = np.bincount(labels[members], minlength=k)
         if np.count_nonzero(spread) < 2 or spread.max() > 0.75 * n:
-            continue
+            return None
         lab = labels[members]
         across = lab[:, None] != lab[None, :]
         mean_across = float(sim[np.ix_(members, members)][across].mean())
-        if mean_across - background >= ratio * (cohesion - background):
-            key = tuple(int(i) for i in members)
-            groups = tuple(int(g) for g in np.nonzero(spread)[0])
-            out[key] = FailedGroup(members=key, groups=groups, similarity=mean_across)
+        if mean_across < threshold:
+            return None
+        groups = tuple(int(g) for g in np.nonzero(spread)[0])
+        return FailedGroup(members=tuple(members.tolist()), groups=groups, similarity=mean_across)
+
+    out: dict[tuple[int, ...], FailedGroup] = {}
+    for j in range(member_sets.shape[1]):
+        found = accept(np.nonzero(member_sets[:, j])[0])
+        if found is not None:
+            out[found.members] = found
     sets = {key: set(key) for key in out}
     kept = [f for key, f in out.items() if not any(sets[key] < other for other in sets.values())]
     return tuple(sorted(kept, key=lambda f: (-f.similarity, f.members))[:limit])
@@ -1290,7 +1323,7 @@ def analyze(
         failed_membership: fuzzy membership above which a class belongs to a fuzzy cluster.
         find_failed: look for failed groups (fuzzy c-means on the rows of the residual matrix, the similarity
             minus the block means of the flat groups, i.e. the structure the tree did not capture; in its dominant
-            48-dimensional subspace for more than 48 classes).
+            48-dimensional subspace for more than 48 classes, and in its directions above a clear noise edge).
         seed: seed of the fuzzy clustering (the result is deterministic for a seed).
 
     Returns:

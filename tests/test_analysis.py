@@ -391,6 +391,15 @@ def test_failed_groups_found_in_the_residual_subspace(subs, per, failed, seed):
         assert f.similarity == pytest.approx(sim[np.ix_(members, members)][across].mean())
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_eight_failed_groups_at_once(seed):
+    # eight strong directions above the residual's noise: the fuzzy clustering runs in those alone (in all 48
+    # directions the noise pulled some runs to the trivial fixed point and 1 or 2 of the 8 sets were missed)
+    sim, _, wanted = _groups_with_failed(np.random.default_rng(seed), 48, 12, 8, n=2000)
+    res = analyze(sim, n_groups=48)
+    assert sorted(f.members for f in res.failed_groups) == sorted(wanted)
+
+
 def test_no_failed_groups_without_planted_ones(rng):
     sim, _, _ = _groups_with_failed(rng, 30, 10, 0)
     assert analyze(sim, n_groups=30).failed_groups == ()
@@ -539,3 +548,20 @@ def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):
         ref = (1 / d2) ** 2
         ref /= ref.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(u, ref, atol=5e-3)
+
+
+def test_residual_rows_keep_the_directions_above_the_noise_edge(rng):
+    # singular values with a clear edge after 3 directions: the rows are taken in those 3 (same inner products as
+    # numpy's rank-3 SVD approximation); a smoothly decaying spectrum has no edge, and the rows stay as they are
+    from lightning_classim.analysis import _above_the_noise
+
+    u, _ = np.linalg.qr(rng.standard_normal((200, 20)))
+    v, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    edge = np.concatenate([[5.0, 4.0, 3.5], np.linspace(1.0, 0.8, 17)])
+    x = (u * edge) @ v.T
+    out = _above_the_noise(x)
+    assert out.shape == (200, 3)
+    uu, ss, _ = np.linalg.svd(x, full_matrices=False)
+    np.testing.assert_allclose(out @ out.T, (uu[:, :3] * ss[:3] ** 2) @ uu[:, :3].T, atol=1e-10)
+    smooth = (u * 0.9 ** np.arange(20)) @ v.T
+    assert _above_the_noise(smooth) is smooth

@@ -46,6 +46,11 @@ _TREE_COPHENET_MIN = 1500
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
 #: Fuzzy c-means stops when no membership moves more than this (memberships are thresholded at about 0.3).
 _FCM_TOL = 1e-3
+#: The noise edge of the residual rows' spectrum (failed groups): a drop of the squared singular values by this
+#: factor or more ...
+_GAP_RATIO = 2.5
+#: ... among the directions at least this many times the median one.
+_NOISE_FACTOR = 3.0
 #: Chunk of the passes over all pairs: 64 KB buffers stay in cache and off the page-faulting mmap path.
 _CHUNK = 1 << 13
 
@@ -1155,12 +1160,6 @@ def _fuzzy_cmeans(
         best = min(tried, key=lambda r: (objective[r], r))
         out.append(u[:, block == best].copy())
     return out
-
-
-#: The noise edge of the residual rows' spectrum: a drop of the squared singular values by this factor or more ...
-_GAP_RATIO = 2.5
-#: ... among the directions at least this many times the median one.
-_NOISE_FACTOR = 3.0
 
 
 def _above_the_noise(x: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ Choices worth knowing:
   seed notebook's choice: the Euclidean distance between the rows of the matrix.
 * Automatic number of groups: the cut of the tree into ``k`` groups, ``k`` in ``2..max_groups``, with the best
   mean silhouette (computed on at most 1,000 evenly spaced classes for large ``m``). Ties go to the smaller ``k``.
+  ``max_groups`` defaults to ``max(30, ceil(sqrt(m)))``, so that many classes can hold many groups.
 * Group labels run ``0..k-1`` in the order in which the groups appear along the leaf order, so group 0 is the
   first block of the heatmap.
 """
@@ -1281,7 +1282,7 @@ def analyze(
     clip_negative: bool = False,
     n_groups: int | None = None,
     distance_threshold: float | None = None,
-    max_groups: int = 30,
+    max_groups: int | None = None,
     optimal_ordering: bool = False,
     order: Any = None,
     class_names: Sequence[str] | None = None,
@@ -1305,7 +1306,9 @@ def analyze(
         n_groups: cut the tree into this many flat groups.
         distance_threshold: cut the tree at this height instead (exclusive with ``n_groups``).
         max_groups: largest number of groups tried by the automatic choice (best mean silhouette over
-            ``2..max_groups``), used when neither ``n_groups`` nor ``distance_threshold`` is given.
+            ``2..max_groups``), used when neither ``n_groups`` nor ``distance_threshold`` is given. Default:
+            ``max(30, ceil(sqrt(m)))`` (30 up to 900 classes, 100 at 10,000). A choice at the top of the range
+            suggests more groups: raise it.
         optimal_ordering: reorder leaves with scipy's optimal leaf ordering (slow: warns above
             1,000 classes and refuses above 3,000).
         order: an externally given order (e.g. a known taxonomy's) used instead of the tree's leaf order.
@@ -1394,7 +1397,7 @@ def analyze(
         raw = cuts.at_height(distance_threshold)
     else:
         raw = np.zeros(m, dtype=np.intp)
-    ks = range(2, max(2, min(max_groups, m - 1)) + 1)
+    ks = range(2, max(2, min(default_max_groups(m) if max_groups is None else max_groups, m - 1)) + 1)
     need = max(ks) if auto else int(raw.max()) + 1
     ranges = cuts.ranges
     fine = cuts.into(max(need, _split_fine_k(need, m))) if ranges is not None else None  # numbered along the order
@@ -1475,12 +1478,26 @@ def analyze(
     return result
 
 
+def default_max_groups(m: int) -> int:
+    """Largest number of groups the automatic choice tries on ``m`` classes when ``max_groups`` is not given.
+
+    ``max(30, ceil(sqrt(m)))``: 30 up to 900 classes, then growing with ``m`` (64 at 4,000, 100 at 10,000), so that the
+    automatic choice can find the many groups of many classes (a fixed 30 merged 40 clear groups of 5,000 classes).
+
+    Example:
+        >>> from lightning_classim.analysis import default_max_groups
+        >>> default_max_groups(100), default_max_groups(1000), default_max_groups(10_000)
+        (30, 32, 100)
+    """
+    return max(30, math.isqrt(max(m - 1, 0)) + 1)
+
+
 def check_group_args(n_groups: Any, distance_threshold: Any, max_groups: Any, m: int) -> None:
     """Validate the options that choose the flat groups (shared by :func:`analyze` and the callback).
 
     Raises:
         ValueError: if both ``n_groups`` and ``distance_threshold`` are given, ``n_groups`` is not an int in
-            ``1..m`` or ``max_groups`` is not an int larger than 1.
+            ``1..m`` or ``max_groups`` is neither None nor an int larger than 1.
     """
     if n_groups is not None and distance_threshold is not None:
         raise ValueError(
@@ -1489,8 +1506,10 @@ def check_group_args(n_groups: Any, distance_threshold: Any, max_groups: Any, m:
         )
     if n_groups is not None and (isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= m):
         raise ValueError(f"Expected argument `n_groups` to be an int in 1..{m}, but got {n_groups!r}.")
-    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 2:
-        raise ValueError(f"Expected argument `max_groups` to be an int larger than 1, but got {max_groups!r}.")
+    if max_groups is not None and (isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 2):
+        raise ValueError(
+            f"Expected argument `max_groups` to be an int larger than 1 (or None: the default), but got {max_groups!r}."
+        )
 
 
 def _positions(order: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ class ClassSimilarityCallback(Callback):
         clip_negative: set negative similarities to 0 before clustering.
         n_groups: a fixed number of groups (default: automatic, best silhouette).
         distance_threshold: cut the tree at this height instead.
-        max_groups: largest number of groups of the automatic choice.
+        max_groups: largest number of groups of the automatic choice (default ``max(30, ceil(sqrt(num_classes)))``).
         taxonomy: a known class structure (a label per class, a list of levels, or a nested dict of class names):
             adds ``taxonomy_ari`` and ``taxonomy_tree_corr``.
         nan_strategy: ``"error"`` or ``"skip"`` rows with non-finite scores.
@@ -175,7 +175,7 @@ class ClassSimilarityCallback(Callback):
         clip_negative: bool = False,
         n_groups: int | None = None,
         distance_threshold: float | None = None,
-        max_groups: int = 30,
+        max_groups: int | None = None,
         taxonomy: Any = None,
         nan_strategy: NanStrategy = "error",
         save_dir: str | Path | None = None,

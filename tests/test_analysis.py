@@ -17,6 +17,7 @@ from lightning_classim import (
     compare_structures,
     taxonomy_agreement,
 )
+from lightning_classim.analysis import default_max_groups
 
 
 @pytest.fixture
@@ -93,6 +94,24 @@ def test_automatic_choice_is_best_silhouette_as_sklearn(planted):
     best = max(scores, key=scores.get)
     assert res.n_groups == best
     assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-9)
+
+
+@pytest.mark.parametrize("m", [2, 3, 100, 899, 900, 901, 1000, 1024, 1025, 4000, 10_000, 123_457])
+def test_default_max_groups_is_ceil_sqrt_from_30(m):
+    assert default_max_groups(m) == max(30, int(np.ceil(np.sqrt(m))))
+
+
+def test_automatic_choice_finds_more_than_30_groups_of_many_classes():
+    # 40 clear groups of 2,000 classes: the default range (2..45) reaches them; a fixed 30 had to merge some
+    rng = np.random.default_rng(0)
+    m, n_true = 2000, 40
+    truth = rng.permutation(np.arange(m) % n_true)
+    sim = np.corrcoef(rng.standard_normal((n_true, 300))[truth] + rng.standard_normal((m, 300)))
+    res = analyze(sim, find_failed=False)
+    assert res.n_groups == n_true
+    assert adjusted_rand_score(truth, res.groups) == 1.0
+    capped = analyze(sim, max_groups=30, find_failed=False)
+    assert capped.n_groups <= 30 and adjusted_rand_score(truth, capped.groups) < 1.0
 
 
 def test_distance_threshold_and_methods(planted):
@@ -341,7 +360,7 @@ def test_bad_matrices(matrix, pattern):
         ({"n_groups": 2, "distance_threshold": 0.5}, r"only one of `n_groups` and `distance_threshold`"),
         ({"n_groups": 0}, r"`n_groups` to be an int in 1..4, but got 0"),
         ({"n_groups": 2.0}, r"`n_groups` to be an int in 1..4, but got 2.0"),
-        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1, but got 1"),
+        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1 \(or None: the default\), but got 1"),
         ({"class_names": ["a"]}, r"`class_names` to name all 4 classes, but got 1 names"),
     ],
 )
@@ -428,7 +447,7 @@ def test_large_m_metrics_match_scipy_and_sklearn(method):
     assert res.metrics["cophenetic_corr"] == pytest.approx(cophenet(z, squareform(dist, checks=False))[0], abs=1e-10)
     sample = np.linspace(0, m - 1, 1000).astype(int)
     scores = {}
-    for k in range(2, 31):
+    for k in range(2, int(np.ceil(np.sqrt(m))) + 1):  # the default range: 2..40 at m = 1,600
         labels = fcluster(z, k, "maxclust")
         if len(set(labels)) >= 2:
             scores[k] = silhouette_samples(dist, labels, metric="precomputed")[sample].mean()

@@ -294,7 +294,7 @@ def test_no_logger_and_no_save_dir_fails_at_setup(tmp_path):
         ({"distance": "cos"}, r"`distance` to be one of"),
         ({"n_groups": 9}, r"`n_groups` to be an int in 1..4, but got 9"),
         ({"n_groups": 2, "distance_threshold": 0.3}, r"only one of `n_groups` and `distance_threshold`"),
-        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1, but got 1"),
+        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1 \(or None: the default\), but got 1"),
         ({"cmap": "nope"}, r"`cmap` to be a matplotlib colormap name"),
         ({"max_pixels": 3}, r"`max_pixels` to be an int of at least 16"),
         ({"taxonomy": [0, 1]}, r"`taxonomy` to give one label per class \(4\) at every level, but level 0 has 2"),

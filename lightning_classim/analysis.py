@@ -1482,7 +1482,7 @@ def default_max_groups(m: int) -> int:
     """Largest number of groups the automatic choice tries on ``m`` classes when ``max_groups`` is not given.
 
     ``max(30, ceil(sqrt(m)))``: 30 up to 900 classes, then growing with ``m`` (64 at 4,000, 100 at 10,000), so that the
-    automatic choice can find the many groups of many classes (a fixed 30 merged 40 clear groups of 5,000 classes).
+    automatic choice can find the many groups of many classes (a fixed 30 merged 40 clear groups of 2,000 classes).
 
     Example:
         >>> from lightning_classim.analysis import default_max_groups

@@ -179,6 +179,8 @@ class StructureResult:
         split_groups: dense off-diagonal blocks between groups.
         failed_groups: mutually similar classes scattered over several groups.
         class_names: the class names.
+        silhouettes: the mean silhouette of every cut the automatic choice tried, ``{k: score}`` (empty when
+            ``n_groups`` or ``distance_threshold`` chose the groups).
     """
 
     similarity: np.ndarray
@@ -190,6 +192,7 @@ class StructureResult:
     split_groups: tuple[SplitGroup, ...] = ()
     failed_groups: tuple[FailedGroup, ...] = ()
     class_names: tuple[str, ...] = field(default=())
+    silhouettes: dict[int, float] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -201,8 +204,19 @@ class StructureResult:
         """Number of flat groups."""
         return len(self.summary)
 
+    @property
+    def choice_at_max_groups(self) -> bool:
+        """Whether the automatic choice picked the largest number of groups it tried while more were possible.
+
+        The matrix may then have more groups than the range allowed: raise ``max_groups``.
+        """
+        if not self.silhouettes:
+            return False
+        top = max(self.silhouettes)
+        return _best_k(self.silhouettes) == top and top < self.num_classes - 1
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no matrices): metrics, groups, split and failed groups."""
+        """JSON-ready summary (no matrices): metrics, groups, split and failed groups, the silhouette of each cut."""
         names = self.class_names
         return {
             "num_classes": self.num_classes,
@@ -211,6 +225,7 @@ class StructureResult:
             "groups": [g.to_dict() for g in self.summary],
             "split_groups": [s.to_dict(names) for s in self.split_groups],
             "failed_groups": [f.to_dict(names) for f in self.failed_groups],
+            "silhouettes": {str(k): _json_float(v) for k, v in self.silhouettes.items()},
         }
 
     def summary_markdown(self, max_members: int = 12) -> str:
@@ -235,6 +250,11 @@ class StructureResult:
             names = [_md_escape(self.class_names[i]) for i in f.members[:max_members]]
             lines.append(
                 f"\nFailed group over groups {list(f.groups)} (similarity {f.similarity:.2f}): {', '.join(names)}"
+            )
+        if self.choice_at_max_groups:
+            lines.append(
+                f"\nThe automatic choice picked {max(self.silhouettes)} groups, the most it tried: there may be more. "
+                "Raise `max_groups`."
             )
         return "\n".join(lines)
 
@@ -1423,7 +1443,7 @@ def analyze(
         else:
             scores = _silhouettes_dense(dist, cuts, ks)
         if scores:
-            best = max(scores, key=lambda k: (round(scores[k], 12), -k))
+            best = _best_k(scores)
             metrics["silhouette"] = scores[best]
             raw = cuts.into(best)
     labels = raw if leaf_order is tree_order and cuts.monotone else _relabel_by_order(raw, leaf_order)
@@ -1470,12 +1490,18 @@ def analyze(
         split_groups=split,
         failed_groups=failed,
         class_names=tuple(names),
+        silhouettes=dict(sorted(scores.items())) if auto else {},
     )
     if previous is not None:
         metrics.update(compare_structures(result, previous))
     if taxonomy is not None:
         metrics.update(taxonomy_agreement(z, taxonomy, names))
     return result
+
+
+def _best_k(scores: dict[int, float]) -> int:
+    """The automatic choice: the best mean silhouette, ties (to 12 decimals) to the smaller number of groups."""
+    return max(scores, key=lambda k: (round(scores[k], 12), -k))
 
 
 def default_max_groups(m: int) -> int:

@@ -64,6 +64,7 @@ class _Payload:
     step: int
     scalars: dict[str, float]
     panels: list[_Panel] = field(default_factory=list)
+    at_max_groups: int | None = None  # the number of groups, when the automatic choice hit the top of its range
 
 
 SOURCE_KINDS = ("scores", "features", "welch", "weights", "confusion", "cooccurrence")
@@ -263,6 +264,7 @@ class ClassSimilarityCallback(Callback):
         self._previous: StructureResult | None = None
         self._history: list[dict[str, float]] = []
         self._warned_loggers: set[str] = set()
+        self._warned_max_groups = False
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
         self.epoch_end_wait_s: list[float] = []
@@ -624,7 +626,9 @@ class ClassSimilarityCallback(Callback):
                              f"{m.get('taxonomy_ari', float('nan')):.3f} |")  # fmt: skip
             panels[0].markdown += f"\n\nSource closest to the taxonomy: **{best}**\n\n" + "\n".join(lines)
         self.analysis_s.append(time.perf_counter() - start)
-        return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels)
+        main = results[primary.spec]
+        at_max = max(main.silhouettes) if main.choice_at_max_groups else None
+        return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels, at_max_groups=at_max)
 
     @staticmethod
     def _panel(path: str, result: StructureResult, image: np.ndarray, values: np.ndarray) -> _Panel:
@@ -671,6 +675,14 @@ class ClassSimilarityCallback(Callback):
                 )
                 continue
             self._history.append({"epoch": payload.epoch, "step": payload.step, **payload.scalars})
+            if payload.at_max_groups is not None and not self._warned_max_groups:
+                self._warned_max_groups = True
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: at epoch {payload.epoch} the automatic choice picked "
+                    f"{payload.at_max_groups} groups, the most it tried; the classes may form more groups. "
+                    f"Pass `max_groups` larger than {payload.at_max_groups} to let it choose more.",
+                    category=UserWarning,
+                )
             for logger in trainer.loggers:
                 self._log(logger, payload)
 

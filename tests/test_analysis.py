@@ -94,6 +94,12 @@ def test_automatic_choice_is_best_silhouette_as_sklearn(planted):
     best = max(scores, key=scores.get)
     assert res.n_groups == best
     assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-9)
+    assert list(res.silhouettes) == list(range(2, 13))  # every cut tried, each as sklearn
+    np.testing.assert_allclose([res.silhouettes[k] for k in range(2, 13)], [scores[k] for k in range(2, 13)], atol=1e-9)
+    assert res.to_dict()["silhouettes"]["4"] == pytest.approx(scores[4], abs=1e-9)
+    assert not res.choice_at_max_groups
+    fixed = analyze(sim, n_groups=3)
+    assert fixed.silhouettes == {} and not fixed.choice_at_max_groups
 
 
 @pytest.mark.parametrize("m", [2, 3, 100, 899, 900, 901, 1000, 1024, 1025, 4000, 10_000, 123_457])
@@ -110,8 +116,13 @@ def test_automatic_choice_finds_more_than_30_groups_of_many_classes():
     res = analyze(sim, find_failed=False)
     assert res.n_groups == n_true
     assert adjusted_rand_score(truth, res.groups) == 1.0
+    assert not res.choice_at_max_groups and max(res.silhouettes) == 45
+    assert "the most it tried" not in res.summary_markdown()
     capped = analyze(sim, max_groups=30, find_failed=False)
     assert capped.n_groups <= 30 and adjusted_rand_score(truth, capped.groups) < 1.0
+    # the capped choice says so: in the result and in the markdown summary
+    assert capped.choice_at_max_groups and max(capped.silhouettes, key=capped.silhouettes.get) == 30
+    assert "picked 30 groups, the most it tried: there may be more. Raise `max_groups`." in capped.summary_markdown()
 
 
 def test_distance_threshold_and_methods(planted):
@@ -549,6 +560,20 @@ def test_two_classes():
     assert res.metrics["cophenetic_corr"] != res.metrics["cophenetic_corr"]  # NaN: a single pair has no variance
     assert res.summary[0].cohesion == pytest.approx(0.3)
     assert analyze(np.array([[1.0, 0.3], [0.3, 1.0]]), n_groups=2).groups.tolist() == [0, 1]
+    assert res.silhouettes == {} and not res.choice_at_max_groups
+
+
+def test_choice_at_the_last_possible_cut_is_not_flagged():
+    # 3 classes: 2 groups is both the only cut tried and the most there can be below m, so nothing was left out
+    sim = np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.1], [0.0, 0.1, 1.0]])
+    res = analyze(sim)
+    assert list(res.silhouettes) == [2] and res.n_groups == 2
+    assert not res.choice_at_max_groups
+    # 6 classes of 3 pairs (two of them a little alike) with max_groups=2: 2 groups chosen while 3..5 were possible
+    pairs = np.kron(np.eye(3), np.ones((2, 2))) * 0.8 + np.eye(6) * 0.2
+    pairs[:2, 2:4] = pairs[2:4, :2] = 0.1
+    assert analyze(pairs, max_groups=2).choice_at_max_groups
+    assert not analyze(pairs).choice_at_max_groups  # the default range finds the 3 pairs
 
 
 def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):

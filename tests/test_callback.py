@@ -256,6 +256,25 @@ def test_analysis_errors_are_reported_not_lost(tmp_path, async_analysis):
     assert t.current_epoch == 2
 
 
+@pytest.mark.slow
+def test_choice_at_max_groups_warns_once_and_default_range_does_not(tmp_path):
+    train, val, _, _ = small_loaders()
+    capped = ClassSimilarityCallback(M, save_dir=tmp_path / "capped", max_groups=2)
+    free = ClassSimilarityCallback(M, save_dir=tmp_path / "free", tag_prefix="classim_free")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(tmp_path, [capped, free], epochs=2).fit(model(), train, val)
+    said = [str(w.message) for w in caught if "the most it tried" in str(w.message)]
+    assert len(said) == 1, said  # once per fit, not every epoch
+    assert said[0].startswith("ClassSimilarityCallback: at epoch 0 the automatic choice picked 2 groups")
+    assert "Pass `max_groups` larger than 2" in said[0]
+    summary = json.loads((list_snapshots(tmp_path / "capped")[-1] / "summary.json").read_text())
+    assert list(summary["silhouettes"]) == ["2"] and summary["n_groups"] == 2
+    # 12 classes: the default range 2..11 covers every cut, so a choice at its top is no reason to warn
+    free_summary = json.loads((list_snapshots(tmp_path / "free")[-1] / "summary.json").read_text())
+    assert list(free_summary["silhouettes"]) == [str(k) for k in range(2, M)]
+
+
 def test_no_scores_gives_a_clear_error(tmp_path):
     _train, val, _, _ = small_loaders()
 

@@ -1448,6 +1448,8 @@ def analyze(
             raw = cuts.into(best)
     labels = raw if leaf_order is tree_order and cuts.monotone else _relabel_by_order(raw, leaf_order)
     k = int(labels.max()) + 1
+    if (n_groups is not None and k < n_groups) or (auto and m >= 3 and k == 1):
+        _warn_fewer_groups(n_groups, k, z, cuts.monotone, method)
     summary, mean_within, mean_between = _summaries(block_sums, labels, leaf_order, names)
 
     mean, std, skew = dist.moments
@@ -1497,6 +1499,45 @@ def analyze(
     if taxonomy is not None:
         metrics.update(taxonomy_agreement(z, taxonomy, names))
     return result
+
+
+def _warn_fewer_groups(n_groups: int | None, k: int, z: np.ndarray, monotone: bool, method: str) -> None:
+    """Say why a cut gave fewer groups than asked (scipy's ``fcluster`` semantics, which the cuts follow)."""
+    want = 2 if n_groups is None else n_groups
+    asked = (
+        f"n_groups={n_groups} gave {k} group{'s' if k > 1 else ''}"
+        if n_groups is not None
+        else "the automatic choice found no cut into 2..max_groups groups and kept 1 group"
+    )
+    if monotone:
+        heights = z[:, 2]
+        # a cut at height t gives 1 + (merges above t) groups: the counts a cut can give are these, and m; the merges
+        # between k and the next count all sit at one height
+        above_each = heights.shape[0] - np.searchsorted(heights, np.unique(heights), side="right")
+        counts = np.append(1 + above_each, heights.shape[0] + 1)
+        above = int(counts[counts >= want].min())
+        tie = heights[-(above - k)]
+        why = (
+            f"{int(np.count_nonzero(heights == tie))} merges tie at height {tie:.4g} and a cut cannot part them (as "
+            f"`scipy.cluster.hierarchy.fcluster(..., 'maxclust')`); the next cut gives {above} groups"
+        )
+        fix = (
+            f"Ask for {above} groups, use `distance_threshold`"
+            if n_groups is not None
+            else f"Raise `max_groups` to {above} or more, give `n_groups` or `distance_threshold`"
+        ) + (
+            ", or use method='average' (complete linkage ties at the largest distance, e.g. 1 for classes that never "
+            "co-occur)"
+            if method == "complete"
+            else ""
+        )
+    else:
+        why = (
+            f"the {method} linkage tree has inversions (a merge lower than an earlier one), and a cut at one height "
+            "keeps every class under such a merge together (as `scipy.cluster.hierarchy.fcluster(..., 'maxclust')`)"
+        )
+        fix = "Use a linkage without inversions (complete, average, single, weighted or ward)"
+    warnings.warn(f"{asked}: {why}. {fix}.", UserWarning, stacklevel=3)
 
 
 def _best_k(scores: dict[int, float]) -> int:

@@ -1,4 +1,6 @@
+import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -191,7 +193,9 @@ def test_chain_of_5000_classes_does_not_recurse():
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(200)
     try:
-        res = analyze(sim, method="single", n_groups=4, find_failed=False)
+        # every link of the chain is equally long: single linkage merges at one tied height, which no cut splits
+        with pytest.warns(UserWarning, match=r"n_groups=4 gave 1 group: 4999 merges tie at height 0.2835"):
+            res = analyze(sim, method="single", n_groups=4, find_failed=False)
     finally:
         sys.setrecursionlimit(old)
     assert sorted(res.order.tolist()) == list(range(m))
@@ -249,9 +253,9 @@ def test_align_order_keeps_the_tree_and_follows_previous(planted):
 def test_compare_structures_needs_same_classes(planted):
     sim, _, _ = planted
     with pytest.raises(ValueError, match=r"same classes, but got 45 and 4 classes"):
-        compare_structures(analyze(sim), analyze(np.eye(4)))
+        compare_structures(analyze(sim), analyze(np.eye(4), n_groups=1))
     with pytest.raises(ValueError, match=r"`previous` to be an analysis of the same 45 classes, but it has 4"):
-        analyze(sim, previous=analyze(np.eye(4)))
+        analyze(sim, previous=analyze(np.eye(4), n_groups=1))
 
 
 def test_taxonomy_agreement_labels_levels_and_tree(planted):
@@ -506,9 +510,24 @@ def test_cuts_by_count_and_height_match_fcluster(method):
         dist = 1 - sim
     z = linkage(squareform(dist, checks=False), method)
     assert (method == "centroid") != bool(np.all(np.diff(z[:, 2]) >= 0))
+    fewer = 0
     for k in range(1, 41):
-        got = analyze(sim, method=method, n_groups=k, find_failed=False).groups
-        assert adjusted_rand_score(fcluster(z, k, "maxclust"), got) == 1.0, k
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = analyze(sim, method=method, n_groups=k, find_failed=False).groups
+        expected = fcluster(z, k, "maxclust")
+        assert adjusted_rand_score(expected, got) == 1.0, k
+        # a warning exactly when the cut has fewer groups than asked
+        said = [str(w.message) for w in caught if f"n_groups={k} gave" in str(w.message)]
+        assert len(said) == (len(set(expected)) < k), (k, said)
+        fewer += len(set(expected)) < k
+        if said and method != "centroid":  # the count it suggests is the next one fcluster can make
+            found = re.search(r"the next cut gives (\d+) groups", said[0])
+            assert found is not None, said[0]
+            nxt = int(found.group(1))
+            assert len(set(fcluster(z, nxt, "maxclust"))) == nxt
+            assert all(len(set(fcluster(z, j, "maxclust"))) < j for j in range(k, nxt))
+    assert fewer > 0
     for t in np.unique(z[:, 2]):
         for height in (t, np.nextafter(t, -np.inf)):
             got = analyze(sim, method=method, distance_threshold=height, find_failed=False).groups
@@ -574,6 +593,33 @@ def test_choice_at_the_last_possible_cut_is_not_flagged():
     pairs[:2, 2:4] = pairs[2:4, :2] = 0.1
     assert analyze(pairs, max_groups=2).choice_at_max_groups
     assert not analyze(pairs).choice_at_max_groups  # the default range finds the 3 pairs
+
+
+def test_fewer_groups_than_asked_are_explained_as_scipy_cuts_them():
+    # centroid linkage on random rows has inversions: scipy's maxclust cut at one height keeps them together
+    sim = np.corrcoef(np.random.default_rng(1).standard_normal((40, 60)))
+    dist = np.sqrt(2 * np.maximum(1 - sim, 0))
+    np.fill_diagonal(dist, 0)
+    z = linkage(squareform(dist, checks=False), "centroid")
+    expected = len(set(fcluster(z, 3, "maxclust")))
+    assert expected < 3
+    with pytest.warns(UserWarning, match=rf"n_groups=3 gave {expected} group.*centroid linkage tree has inversions"):
+        res = analyze(sim, method="centroid", n_groups=3, find_failed=False)
+    assert res.n_groups == expected
+    with pytest.warns(UserWarning, match=r"automatic choice found no cut into 2..max_groups.*has inversions"):
+        assert analyze(sim, method="centroid", find_failed=False).n_groups == 1
+    # three equally unlike pairs: all merges above the pairs tie, so 2 groups cannot be cut (fcluster gives 1)
+    pairs = np.kron(np.eye(3), np.ones((2, 2))) * 0.8 + np.eye(6) * 0.2
+    z = linkage(squareform(1 - pairs, checks=False), "complete")
+    assert len(set(fcluster(z, 2, "maxclust"))) == 1
+    tie = r"2 merges tie at height 1 and a cut cannot part them.*the next cut gives 3 groups"
+    with pytest.warns(UserWarning, match=rf"n_groups=2 gave 1 group: {tie}\. Ask for 3 groups.*method='average'"):
+        assert analyze(pairs, n_groups=2).n_groups == 1
+    with pytest.warns(UserWarning, match=rf"kept 1 group: {tie}\. Raise `max_groups` to 3 or more"):
+        assert analyze(pairs, max_groups=2).n_groups == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what can be cut says nothing
+        assert analyze(pairs, n_groups=3).n_groups == 3 and analyze(pairs).n_groups == 3
 
 
 def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):

@@ -130,7 +130,7 @@ def test_group_changes_by_hand(tmp_path):
     names = list("abcdef")
 
     def snap(groups):
-        res = analyze(sim, n_groups=2, class_names=names, find_failed=False)
+        res = analyze(sim, n_groups=1, class_names=names, find_failed=False)
         object.__setattr__(res, "groups", np.asarray(groups))
         folder = write_snapshot(tmp_path / str(groups), 0, 0, res, None)
         return load_snapshot(folder)
@@ -214,7 +214,7 @@ def test_export_of_a_deep_tree_with_odd_names(tmp_path):
     idx = np.arange(m)
     sim = np.exp(-np.abs(idx[:, None] - idx[None, :]) / 3.0)
     names = [f"class {i}, 'x'" if i % 2 else f"c{i}" for i in range(m)]
-    res = analyze(sim, method="single", n_groups=2, class_names=names, find_failed=False)
+    res = analyze(sim, method="single", n_groups=1, class_names=names, find_failed=False)
     write_snapshot(tmp_path, 0, 0, res, None)
     write_run_info(tmp_path, {"num_classes": m})
     leaves, _ = parse_newick(run_cli("export", str(tmp_path), "--format", "newick").stdout)
@@ -292,7 +292,7 @@ def test_different_class_counts_and_missing_epoch(runs, tmp_path):
 
 def test_corrupt_files(tmp_path):
     sim = np.eye(4)
-    write_snapshot(tmp_path, 0, 0, analyze(sim, n_groups=2, find_failed=False), None)
+    write_snapshot(tmp_path, 0, 0, analyze(sim, n_groups=1, find_failed=False), None)
     write_run_info(tmp_path, {"num_classes": 4})
     folder = list_snapshots(tmp_path)[0]
     (folder / "similarity.npy").write_bytes(b"garbage")

@@ -1503,40 +1503,50 @@ def analyze(
 
 def _warn_fewer_groups(n_groups: int | None, k: int, z: np.ndarray, monotone: bool, method: str) -> None:
     """Say why a cut gave fewer groups than asked (scipy's ``fcluster`` semantics, which the cuts follow)."""
-    want = 2 if n_groups is None else n_groups
+    m = z.shape[0] + 1
     asked = (
         f"n_groups={n_groups} gave {k} group{'s' if k > 1 else ''}"
         if n_groups is not None
         else "the automatic choice found no cut into 2..max_groups groups and kept 1 group"
     )
-    if monotone:
-        heights = z[:, 2]
-        # a cut at height t gives 1 + (merges above t) groups: the counts a cut can give are these, and m; the merges
-        # between k and the next count all sit at one height
-        above_each = heights.shape[0] - np.searchsorted(heights, np.unique(heights), side="right")
-        counts = np.append(1 + above_each, heights.shape[0] + 1)
-        above = int(counts[counts >= want].min())
-        tie = heights[-(above - k)]
-        why = (
-            f"{int(np.count_nonzero(heights == tie))} merges tie at height {tie:.4g} and a cut cannot part them (as "
-            f"`scipy.cluster.hierarchy.fcluster(..., 'maxclust')`); the next cut gives {above} groups"
-        )
-        fix = (
-            f"Ask for {above} groups, use `distance_threshold`"
-            if n_groups is not None
-            else f"Raise `max_groups` to {above} or more, give `n_groups` or `distance_threshold`"
-        ) + (
-            ", or use method='average' (complete linkage ties at the largest distance, e.g. 1 for classes that never "
-            "co-occur)"
-            if method == "complete"
-            else ""
-        )
-    else:
+    as_scipy = "as `scipy.cluster.hierarchy.fcluster(..., 'maxclust')` cuts"
+    if not monotone:
         why = (
             f"the {method} linkage tree has inversions (a merge lower than an earlier one), and a cut at one height "
-            "keeps every class under such a merge together (as `scipy.cluster.hierarchy.fcluster(..., 'maxclust')`)"
+            f"keeps every class under such a merge together ({as_scipy})"
         )
         fix = "Use a linkage without inversions (complete, average, single, weighted or ward)"
+    else:
+        # a cut at height t gives 1 + (merges above t) groups: the counts a cut can give are these, and m; the merges
+        # between k groups and the next count all sit at one height
+        heights = z[:, 2]
+        counts = np.append(1 + heights.shape[0] - np.searchsorted(heights, np.unique(heights), side="right"), m)
+        above = int(counts[counts >= (2 if n_groups is None else n_groups)].min())
+        tie = heights[-(above - k)]
+        if above == m and k == 1:
+            why = (
+                f"all {m - 1} merges tie at height {tie:.4g}: a cut gives 1 or {m} groups, nothing between ({as_scipy})"
+            )
+            fix = (
+                "The classes form one chain of equally near neighbours: no single-linkage cut parts it"
+                if method == "single"
+                else "Every class is equally far from every other: the matrix holds no groups"
+            )
+        else:
+            why = (
+                f"{int(np.count_nonzero(heights == tie))} merges tie at height {tie:.4g} and a cut cannot part them "
+                f"({as_scipy}); the next cut gives {above} groups"
+            )
+            fix = (
+                f"Ask for {above} groups, or use `distance_threshold`"
+                if n_groups is not None
+                else f"Raise `max_groups` to {above} or more, or give `n_groups` or `distance_threshold`"
+            )
+            if method == "complete" and tie == heights[-1]:
+                fix += (
+                    "; or use method='average': complete linkage ties at the largest distance (e.g. 1 between "
+                    "classes that never co-occur)"
+                )
     warnings.warn(f"{asked}: {why}. {fix}.", UserWarning, stacklevel=3)
 
 

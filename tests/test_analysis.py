@@ -194,7 +194,9 @@ def test_chain_of_5000_classes_does_not_recurse():
     sys.setrecursionlimit(200)
     try:
         # every link of the chain is equally long: single linkage merges at one tied height, which no cut splits
-        with pytest.warns(UserWarning, match=r"n_groups=4 gave 1 group: 4999 merges tie at height 0.2835"):
+        with pytest.warns(
+            UserWarning, match=r"n_groups=4 gave 1 group: all 4999 merges tie at height 0.2835.*one chain"
+        ):
             res = analyze(sim, method="single", n_groups=4, find_failed=False)
     finally:
         sys.setrecursionlimit(old)
@@ -617,6 +619,9 @@ def test_fewer_groups_than_asked_are_explained_as_scipy_cuts_them():
         assert analyze(pairs, n_groups=2).n_groups == 1
     with pytest.warns(UserWarning, match=rf"kept 1 group: {tie}\. Raise `max_groups` to 3 or more"):
         assert analyze(pairs, max_groups=2).n_groups == 1
+    # every pair equally far: no cut between 1 and m groups
+    with pytest.warns(UserWarning, match=r"kept 1 group: all 11 merges tie at height 1: a cut gives 1 or 12 groups"):
+        assert analyze(np.eye(12)).n_groups == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # what can be cut says nothing
         assert analyze(pairs, n_groups=3).n_groups == 3 and analyze(pairs).n_groups == 3

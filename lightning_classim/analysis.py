@@ -18,9 +18,11 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -181,6 +183,8 @@ class StructureResult:
         class_names: the class names.
         silhouettes: the mean silhouette of every cut the automatic choice tried, ``{k: score}`` (empty when
             ``n_groups`` or ``distance_threshold`` chose the groups).
+        notes: what the analysis could not do as asked, in words (e.g. a cut that gave fewer groups than asked, and
+            why); :func:`analyze` also issues each as a ``UserWarning``.
     """
 
     similarity: np.ndarray
@@ -193,6 +197,7 @@ class StructureResult:
     failed_groups: tuple[FailedGroup, ...] = ()
     class_names: tuple[str, ...] = field(default=())
     silhouettes: dict[int, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -226,6 +231,7 @@ class StructureResult:
             "split_groups": [s.to_dict(names) for s in self.split_groups],
             "failed_groups": [f.to_dict(names) for f in self.failed_groups],
             "silhouettes": {str(k): _json_float(v) for k, v in self.silhouettes.items()},
+            "notes": list(self.notes),
         }
 
     def summary_markdown(self, max_members: int = 12) -> str:
@@ -251,6 +257,7 @@ class StructureResult:
             lines.append(
                 f"\nFailed group over groups {list(f.groups)} (similarity {f.similarity:.2f}): {', '.join(names)}"
             )
+        lines.extend(f"\nNote: {_md_escape(note)}" for note in self.notes)
         if self.choice_at_max_groups:
             lines.append(
                 f"\nThe automatic choice picked {max(self.silhouettes)} groups, the most it tried: there may be more. "
@@ -1448,8 +1455,12 @@ def analyze(
             raw = cuts.into(best)
     labels = raw if leaf_order is tree_order and cuts.monotone else _relabel_by_order(raw, leaf_order)
     k = int(labels.max()) + 1
+    notes: list[str] = []
     if (n_groups is not None and k < n_groups) or (auto and m >= 3 and k == 1):
-        _warn_fewer_groups(n_groups, k, z, cuts.monotone, method)
+        notes.append(_fewer_groups_note(n_groups, k, z, cuts.monotone, method))
+    if not _NOTES_QUIET.get():
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
     summary, mean_within, mean_between = _summaries(block_sums, labels, leaf_order, names)
 
     mean, std, skew = dist.moments
@@ -1493,6 +1504,7 @@ def analyze(
         failed_groups=failed,
         class_names=tuple(names),
         silhouettes=dict(sorted(scores.items())) if auto else {},
+        notes=tuple(notes),
     )
     if previous is not None:
         metrics.update(compare_structures(result, previous))
@@ -1501,8 +1513,24 @@ def analyze(
     return result
 
 
-def _warn_fewer_groups(n_groups: int | None, k: int, z: np.ndarray, monotone: bool, method: str) -> None:
-    """Say why a cut gave fewer groups than asked (scipy's ``fcluster`` semantics, which the cuts follow)."""
+_NOTES_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("lightning_classim_notes_quiet", default=False)
+
+
+@contextlib.contextmanager
+def notes_not_warned() -> Iterator[None]:
+    """Within this block (in this thread or task), :func:`analyze` keeps its notes in the result without warning.
+
+    For callers that report the notes themselves, such as the callback (once per source, not every epoch).
+    """
+    token = _NOTES_QUIET.set(True)
+    try:
+        yield
+    finally:
+        _NOTES_QUIET.reset(token)
+
+
+def _fewer_groups_note(n_groups: int | None, k: int, z: np.ndarray, monotone: bool, method: str) -> str:
+    """Why a cut gave fewer groups than asked (scipy's ``fcluster`` semantics, which the cuts follow)."""
     m = z.shape[0] + 1
     asked = (
         f"n_groups={n_groups} gave {k} group{'s' if k > 1 else ''}"
@@ -1547,7 +1575,7 @@ def _warn_fewer_groups(n_groups: int | None, k: int, z: np.ndarray, monotone: bo
                     "; or use method='average': complete linkage ties at the largest distance (e.g. 1 between "
                     "classes that never co-occur)"
                 )
-    warnings.warn(f"{asked}: {why}. {fix}.", UserWarning, stacklevel=3)
+    return f"{asked}: {why}. {fix}."
 
 
 def _best_k(scores: dict[int, float]) -> int:

@@ -32,6 +32,7 @@ from lightning_classim.analysis import (
     analyze,
     check_group_args,
     check_taxonomy,
+    notes_not_warned,
 )
 from lightning_classim.artifacts import write_run_info, write_snapshot
 from lightning_classim.functional import NanStrategy, ScoresType, _check_args
@@ -65,6 +66,7 @@ class _Payload:
     scalars: dict[str, float]
     panels: list[_Panel] = field(default_factory=list)
     at_max_groups: int | None = None  # the number of groups, when the automatic choice hit the top of its range
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of the analyses
 
 
 SOURCE_KINDS = ("scores", "features", "welch", "weights", "confusion", "cooccurrence")
@@ -265,6 +267,7 @@ class ClassSimilarityCallback(Callback):
         self._history: list[dict[str, float]] = []
         self._warned_loggers: set[str] = set()
         self._warned_max_groups = False
+        self._warned_notes: set[str] = set()
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
         self.epoch_end_wait_s: list[float] = []
@@ -572,14 +575,17 @@ class ClassSimilarityCallback(Callback):
         scalars: dict[str, float] = {}
         panels: list[_Panel] = []
         results: dict[str, StructureResult] = {}
+        notes: list[tuple[str, str]] = []
         order: np.ndarray | None = None
         groups: np.ndarray | None = None
         for src in self.sources:
             with self._lock:
                 previous = self._previous if src is primary else self._previous_sources.get(src.spec)
-            result = analyze(
-                matrices[src.spec], class_names=self.class_names, previous=previous, **self.analysis_kwargs
-            )
+            with notes_not_warned():  # the notes are warned once per source, on the training thread (`_drain`)
+                result = analyze(
+                    matrices[src.spec], class_names=self.class_names, previous=previous, **self.analysis_kwargs
+                )
+            notes.extend((src.spec, note) for note in result.notes)
             results[src.spec] = result
             if src is primary:
                 if self._ref_order is not None:  # the reference's order (and groups, when it came from a run folder)
@@ -628,7 +634,7 @@ class ClassSimilarityCallback(Callback):
         self.analysis_s.append(time.perf_counter() - start)
         main = results[primary.spec]
         at_max = max(main.silhouettes) if main.choice_at_max_groups else None
-        return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels, at_max_groups=at_max)
+        return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels, at_max_groups=at_max, notes=notes)
 
     @staticmethod
     def _panel(path: str, result: StructureResult, image: np.ndarray, values: np.ndarray) -> _Panel:
@@ -683,6 +689,14 @@ class ClassSimilarityCallback(Callback):
                     f"Pass `max_groups` larger than {payload.at_max_groups} to let it choose more.",
                     category=UserWarning,
                 )
+            for spec, note in payload.notes:
+                if spec not in self._warned_notes:  # once per source and fit: the same tie tends to recur every epoch
+                    self._warned_notes.add(spec)
+                    rank_zero_warn(
+                        f"ClassSimilarityCallback: at epoch {payload.epoch}, source {spec!r}: {note} (Said once per "
+                        "source; every epoch's notes are in its summary.json and group table.)",
+                        category=UserWarning,
+                    )
             for logger in trainer.loggers:
                 self._log(logger, payload)
 

@@ -19,7 +19,7 @@ from lightning_classim import (
     compare_structures,
     taxonomy_agreement,
 )
-from lightning_classim.analysis import default_max_groups
+from lightning_classim.analysis import default_max_groups, notes_not_warned
 
 
 @pytest.fixture
@@ -625,6 +625,27 @@ def test_fewer_groups_than_asked_are_explained_as_scipy_cuts_them():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # what can be cut says nothing
         assert analyze(pairs, n_groups=3).n_groups == 3 and analyze(pairs).n_groups == 3
+
+
+def test_notes_are_kept_in_the_result_and_warned_unless_quiet_in_this_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = np.kron(np.eye(3), np.ones((2, 2))) * 0.8 + np.eye(6) * 0.2
+    with pytest.warns(UserWarning, match=r"n_groups=2 gave 1 group") as said:
+        loud = analyze(pairs, n_groups=2)
+    assert loud.notes == (str(said[0].message),)
+    assert loud.to_dict()["notes"] == list(loud.notes)
+    assert f"Note: {loud.notes[0]}" in loud.summary_markdown()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with notes_not_warned():
+            quiet = analyze(pairs, n_groups=2)
+        assert analyze(pairs, n_groups=3).notes == ()  # nothing to say
+    assert quiet.notes == loud.notes
+    # the quiet block is this thread's: another thread's analysis still warns
+    with notes_not_warned(), ThreadPoolExecutor(1) as pool:
+        with pytest.warns(UserWarning, match=r"n_groups=2 gave 1 group"):
+            pool.submit(analyze, pairs, n_groups=2).result()
 
 
 def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):

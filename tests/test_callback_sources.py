@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,23 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     np.fill_diagonal(iou, 1)
     snap = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "cooccurrence")[-1])
     np.testing.assert_allclose(snap.similarity, iou, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_notes_of_a_source_are_warned_once_and_kept_every_epoch(tmp_path):
+    # single-label targets never co-occur: the IoU is the identity, every merge ties at distance 1, no cut exists
+    cb = ClassSimilarityCallback(M, sources=["scores", "cooccurrence"], save_dir=tmp_path / "o")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, cb, epochs=2)
+    said = [str(w.message) for w in caught if "merges tie" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith("ClassSimilarityCallback: at epoch 0, source 'cooccurrence': the automatic choice")
+    assert "all 11 merges tie at height 1: a cut gives 1 or 12 groups" in said[0]
+    for folder in list_snapshots(tmp_path / "o" / "sources" / "cooccurrence"):
+        notes = load_snapshot(folder).summary["notes"]
+        assert len(notes) == 1 and "all 11 merges tie at height 1" in notes[0]
+    assert all(load_snapshot(f).summary["notes"] == [] for f in list_snapshots(tmp_path / "o"))
 
 
 def test_bad_sources_at_construction():

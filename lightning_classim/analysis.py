@@ -1521,6 +1521,15 @@ def notes_not_warned() -> Iterator[None]:
     """Within this block (in this thread or task), :func:`analyze` keeps its notes in the result without warning.
 
     For callers that report the notes themselves, such as the callback (once per source, not every epoch).
+
+    Example:
+        >>> import numpy as np
+        >>> from lightning_classim.analysis import analyze, notes_not_warned
+        >>> pairs = np.kron(np.eye(3), np.ones((2, 2))) * 0.8 + np.eye(6) * 0.2  # three equally unlike pairs
+        >>> with notes_not_warned():
+        ...     result = analyze(pairs, n_groups=2)
+        >>> result.n_groups, result.notes[0][:60]
+        (1, 'n_groups=2 gave 1 group: 2 merges tie at height 1 and a cut ')
     """
     token = _NOTES_QUIET.set(True)
     try:

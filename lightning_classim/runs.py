@@ -186,6 +186,33 @@ def _metrics_figure(run: Run) -> Any:
     return fig
 
 
+def _silhouette_curves(run: Run, most: int = 6) -> list[tuple[int, dict[int, float]]]:
+    """The mean silhouette over the number of groups of up to ``most`` evenly spaced epochs (those that have one)."""
+    curves = []
+    for s in run.snapshots:
+        curve = {int(k): float(v) for k, v in s.summary.get("silhouettes", {}).items() if v is not None}
+        if curve:
+            curves.append((s.epoch, curve))
+    if len(curves) > most:
+        curves = [curves[i] for i in sorted(set(np.linspace(0, len(curves) - 1, most).round().astype(int).tolist()))]
+    return curves
+
+
+def _silhouette_figure(curves: list[tuple[int, dict[int, float]]]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    for epoch, curve in curves:
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker=".", label=f"epoch {epoch}")
+    ax.set_xlabel("number of groups")
+    ax.set_ylabel("mean silhouette")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 def _grid(images: list[np.ndarray], labels: list[str], cols: int) -> np.ndarray:
     from PIL import Image, ImageDraw
 
@@ -206,7 +233,8 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     """Write a report of one run: scalars over epochs, all heatmaps in one order (grid and GIF), group changes.
 
     Files (in ``out``, default ``<run>/report``): ``report.md`` (open this), ``metrics.png``, ``heatmaps.png``,
-    ``evolution.gif``, ``changes.json`` and ``report.json``.
+    ``evolution.gif``, ``changes.json``, ``report.json`` and, when the automatic choice chose the groups,
+    ``silhouettes.png`` (mean silhouette over the number of groups, up to six epochs).
 
     Returns:
         The report folder.
@@ -229,6 +257,9 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     frames[0].save(folder / "evolution.gif", save_all=True, append_images=frames[1:], duration=700, loop=0)
     fig = _metrics_figure(run)
     fig.savefig(folder / "metrics.png", dpi=80)
+    curves = _silhouette_curves(run)
+    if curves:
+        _silhouette_figure(curves).savefig(folder / "silhouettes.png", dpi=80)
     changes: list[dict[str, Any]] = [
         {"from_epoch": a.epoch, "to_epoch": b.epoch, "moved": group_changes(a, b)}
         for a, b in zip(run.snapshots[:-1], run.snapshots[1:])
@@ -271,7 +302,18 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         lines.append(f"- epoch {change['from_epoch']} -> {change['to_epoch']}: {len(names)} moved. {shown}")
     if not changes:
         lines.append("- only one epoch was analysed.")
+    if curves:
+        lines += [
+            "",
+            "## Mean silhouette over the number of groups",
+            "",
+            "![silhouettes](silhouettes.png)",
+            "",
+            "The automatic choice is each curve's highest point; other peaks are other levels of the hierarchy, "
+            "to pick with `n_groups`.",
+        ]
     lines += ["", f"## Groups at epoch {last.epoch}", "", _groups_markdown(summary)]
+    lines += [f"\nNote: {note}" for note in summary.get("notes", [])]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     report = {
         "run": str(run.path),
@@ -280,6 +322,7 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         "metrics": [{"epoch": s.epoch, **s.metrics} for s in run.snapshots],
         "changes": changes,
         "final_groups": summary.get("groups", []),
+        "silhouettes": [{"epoch": epoch, **{str(k): v for k, v in curve.items()}} for epoch, curve in curves],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     return folder

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 from PIL import Image
-from scipy.cluster.hierarchy import cophenet
+from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import squareform
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from lightning_classim import ClassSimilarityCallback, analyze, render_heatmap
 from lightning_classim.__main__ import main
@@ -123,6 +123,32 @@ def test_report_files_exist_and_decode(runs, tmp_path):
     assert report["epochs"] == [0, 1, 2] and len(report["changes"]) == 2
     md = (rep / "report.md").read_text()
     assert "## Classes that changed group" in md and "## Groups at epoch 2" in md
+    # the silhouette curves: each point is sklearn's mean silhouette of the scipy cut of that epoch's matrix
+    assert Image.open(rep / "silhouettes.png").format == "PNG" and "## Mean silhouette over the number of groups" in md
+    assert [c["epoch"] for c in report["silhouettes"]] == [0, 1, 2]
+    for curve, folder in zip(report["silhouettes"], list_snapshots(runs["a"])):
+        sim = load_snapshot(folder).similarity.astype(np.float64)
+        dist = np.maximum(1 - sim, 0)
+        np.fill_diagonal(dist, 0)
+        z = linkage(squareform(dist, checks=False), "complete")
+        assert sorted(int(k) for k in curve if k != "epoch") == list(range(2, M))
+        for k in (2, 3, 6):
+            labels = fcluster(z, k, "maxclust")
+            if len(set(labels)) == k:
+                assert curve[str(k)] == pytest.approx(silhouette_score(dist, labels, metric="precomputed"), abs=1e-5)
+
+
+def test_report_without_automatic_choice_has_no_silhouette_curve(tmp_path):
+    rng = np.random.default_rng(0)
+    sim = np.corrcoef(rng.standard_normal((8, 40)))
+    for epoch in (0, 1):
+        write_snapshot(tmp_path / "run", epoch, epoch, analyze(sim, n_groups=3, find_failed=False), None)
+    write_run_info(tmp_path / "run", {"num_classes": 8})
+    proc = run_cli("report", str(tmp_path / "run"), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "rep" / "silhouettes.png").exists()
+    assert "silhouette" not in (tmp_path / "rep" / "report.md").read_text()
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["silhouettes"] == []
 
 
 def test_group_changes_by_hand(tmp_path):

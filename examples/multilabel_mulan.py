@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_classim import ClassSimilarityCallback
+from lightning_classim import ClassSimilarityCallback, Source
 from lightning_classim.datasets import read_mulan
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan" / "enron"
@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> Path:
         return TensorDataset(torch.from_numpy((d.x - x_mean) / x_std), torch.from_numpy(d.y.astype("float32")))
 
     taxonomy = [n.split(".")[0] for n in names] if all("." in n for n in names) else None
+    # co-occurrence is sparse (most label pairs never occur together: distance exactly 1), so complete linkage ties;
+    # average linkage groups it
+    sources = ["scores", Source("cooccurrence", method="average")]
     callback = ClassSimilarityCallback(
-        len(names), class_names=names, multilabel=True, taxonomy=taxonomy, sources=["scores", "cooccurrence"]
+        len(names), class_names=names, multilabel=True, taxonomy=taxonomy, sources=sources
     )
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", logger=TensorBoardLogger(args.out, name=args.data.name),
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> Path:
     for group in sorted(last.summary, key=lambda g: -g.cohesion if g.size > 2 else 1)[:10]:
         members = ", ".join(n.removeprefix("TAG_") for n in group.names[:12])
         print(f"  group {group.group} (cohesion {group.cohesion:.2f}, {group.size} labels): {members}")
+    scalars = callback.history[-1]
+    print(f"co-occurrence (average linkage): {scalars['cooccurrence/n_groups']:.0f} groups; agreement with the "
+          f"scores: matrix corr {scalars['agreement/cooccurrence/matrix_corr']:.3f}, group ARI "
+          f"{scalars['agreement/cooccurrence/group_ari']:.3f}")  # fmt: skip
     side_by_side(callback.save_dir, Path(args.out) / args.data.name / "side_by_side.png")
     return callback.save_dir
 

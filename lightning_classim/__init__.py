@@ -16,6 +16,7 @@ _EXPORTS = {
     "ClassSimilarityCallback": "lightning_classim.callback",
     "FailedGroup": "lightning_classim.analysis",
     "GroupSummary": "lightning_classim.analysis",
+    "Source": "lightning_classim.callback",
     "SplitGroup": "lightning_classim.analysis",
     "StructureResult": "lightning_classim.analysis",
     "adjusted_rand_index": "lightning_classim.analysis",
@@ -35,6 +36,7 @@ __all__ = [
     "ClassSimilarityCallback",
     "FailedGroup",
     "GroupSummary",
+    "Source",
     "SplitGroup",
     "StructureResult",
     "__version__",
@@ -62,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
         compare_structures,
         taxonomy_agreement,
     )
-    from lightning_classim.callback import ClassSimilarityCallback
+    from lightning_classim.callback import ClassSimilarityCallback, Source
     from lightning_classim.functional import class_similarity
     from lightning_classim.metric import ClassSimilarity
     from lightning_classim.render import plot_dendrogram, plot_matrix, render_heatmap, save_png

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import re
 import threading
 import time
 import warnings
@@ -19,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_classim.analysis import (
@@ -40,7 +42,7 @@ from lightning_classim.metric import ClassSimilarity
 from lightning_classim.render import render_heatmap
 from lightning_classim.sources import ClassFeatureSimilarity, LabelCooccurrence, confusion_similarity, weight_similarity
 
-__all__ = ["ClassSimilarityCallback"]
+__all__ = ["ClassSimilarityCallback", "Source"]
 
 _HIST_MAX_VALUES = 1_000_000
 
@@ -72,38 +74,178 @@ class _Payload:
 SOURCE_KINDS = ("scores", "features", "welch", "weights", "confusion", "cooccurrence")
 _NEEDS_MODULE = ("features", "welch", "weights")
 _NEEDS_TARGETS = ("features", "welch", "confusion", "cooccurrence")
+_BUILT_IN = "'scores', 'confusion', 'cooccurrence', 'features:<module>', 'welch:<module>' or 'weights:<module>'"
 
 
-@dataclass(frozen=True)
-class _Source:
-    spec: str  # as the user wrote it, e.g. "features:layer4"
-    kind: str
-    module: str | None
+@dataclass(frozen=True, eq=False)
+class Source:
+    """One similarity view of :class:`ClassSimilarityCallback`, with tree options of its own, or a view of yours.
+
+    A string in ``sources`` is short for ``Source(that_string)``. Give a ``Source`` to analyse one view with its own
+    tree options (average linkage for a sparse co-occurrence or confusion matrix, where complete linkage ties), or to
+    add a view the package does not have: any :class:`torchmetrics.Metric` whose ``compute()`` returns the
+    ``(m, m)`` similarity matrix.
+
+    Args:
+        spec: a built-in view (``"scores"``, ``"confusion"``, ``"cooccurrence"``, ``"features:<module>"``,
+            ``"welch:<module>"``, ``"weights:<module>"``), or, with ``metric``, the name of your view (letters,
+            digits, ``_``, ``-`` and ``.``; its tag and folder name).
+        metric: your view's metric (only with a name of your own as ``spec``). At the start of each analysed
+            validation epoch the callback resets it and moves it to the model's device; after each validation step
+            it calls ``metric.update(*inputs)``; at the end, ``metric.compute()`` on every process (torchmetrics
+            synchronises the states across processes), which must return a square ``(m, m)`` tensor.
+        inputs: what ``metric.update`` receives, in this order (only with ``metric``; default ``("scores",)``):
+            ``"scores"`` (the classifier's scores ``(N, m)``, captured as for the ``"scores"`` view), ``"target"``
+            (the batch's targets at the callback's ``target_key``), ``"features:<module>"`` (that submodule's
+            output in the forward pass).
+        method: this view's linkage method, in place of the callback's ``method`` (see
+            :func:`~lightning_classim.analyze`).
+        distance: this view's distance, in place of the callback's ``distance``.
+        clip_negative: whether to clip this view's negative similarities, in place of the callback's.
+
+    Raises:
+        ValueError: for an unknown view, a ``metric`` that is not a torchmetrics ``Metric`` (or one given with a
+            built-in view), ``inputs`` without ``metric`` or with an unknown entry, or a bad tree option.
+
+    Example:
+        >>> from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source
+        >>> cb = ClassSimilarityCallback(
+        ...     num_classes=10,
+        ...     multilabel=True,
+        ...     sources=[
+        ...         "scores",
+        ...         Source("cooccurrence", method="average"),  # sparse: complete linkage would tie at distance 1
+        ...         Source("probs", metric=ClassSimilarity(10, scores="probs", multilabel=True)),  # a view of yours
+        ...     ],
+        ... )
+        >>> [(src.spec, src.kind, src.tag) for src in cb.sources]
+        [('scores', 'scores', 'scores'), ('cooccurrence', 'cooccurrence', 'cooccurrence'), ('probs', 'custom', 'probs')]
+    """
+
+    spec: str
+    metric: Metric | None = None
+    inputs: Sequence[str] | None = None
+    method: LinkageMethod | None = None
+    distance: DistanceKind | None = None
+    clip_negative: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, str):
+            raise ValueError(f"Expected argument `spec` of Source to be a string, but got {self.spec!r}.")
+        kind, _, module = self.spec.partition(":")
+        if self.metric is None:
+            if kind not in SOURCE_KINDS or (kind in _NEEDS_MODULE) != bool(module):
+                raise ValueError(
+                    f"Expected a source to be one of {_BUILT_IN}, or a name of your own with `metric=`, but got "
+                    f"{self.spec!r}."
+                )
+            if self.inputs is not None:
+                raise ValueError(
+                    f"Argument `inputs` of Source({self.spec!r}) is for a metric of your own (`metric=`), but got "
+                    f"inputs={self.inputs!r} for a built-in view. Drop `inputs`."
+                )
+        else:
+            if not isinstance(self.metric, Metric):
+                raise ValueError(
+                    f"Expected argument `metric` of Source({self.spec!r}) to be a torchmetrics.Metric, but got "
+                    f"{type(self.metric).__name__}. Wrap your computation in a Metric whose compute() returns the "
+                    "(m, m) similarity matrix."
+                )
+            if kind in SOURCE_KINDS or not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.spec):
+                raise ValueError(
+                    f"Expected argument `spec` of a Source with `metric=` to be a name of your own (letters, digits, "
+                    f"'_', '-', '.'; not a built-in view), but got {self.spec!r}. Example: Source('probs', metric=...)."
+                )
+            inputs = ("scores",) if self.inputs is None else self.inputs
+            if isinstance(inputs, str) or not inputs or any(not _is_input(x) for x in inputs):
+                raise ValueError(
+                    f"Expected argument `inputs` of Source({self.spec!r}) to be a non-empty sequence of 'scores', "
+                    f"'target' and 'features:<module>', but got {self.inputs!r}."
+                )
+            object.__setattr__(self, "inputs", tuple(inputs))
+        if self.method is not None:
+            _check_choice("method", self.method, LinkageMethod)
+        if self.distance is not None:
+            _check_choice("distance", self.distance, DistanceKind)
+        if self.clip_negative is not None and not isinstance(self.clip_negative, bool):
+            raise ValueError(
+                f"Expected argument `clip_negative` of Source({self.spec!r}) to be a bool or None, but got "
+                f"{self.clip_negative!r}."
+            )
+
+    @property
+    def kind(self) -> str:
+        """``"custom"`` for a view with ``metric``, else the part of ``spec`` before ``:``."""
+        return "custom" if self.metric is not None else self.spec.partition(":")[0]
+
+    @property
+    def module(self) -> str | None:
+        """The submodule of a built-in ``features``, ``welch`` or ``weights`` view."""
+        return None if self.metric is not None else self.spec.partition(":")[2] or None
 
     @property
     def tag(self) -> str:
         """Name in tags and folders: ``features_layer4``."""
         return self.spec.replace(":", "_").replace(".", "_").replace("/", "_")
 
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the view is fed the classifier's scores."""
+        return self.kind in ("scores", "confusion") or (self.kind == "custom" and "scores" in self._inputs)
 
-def _parse_sources(sources: Sequence[str]) -> list[_Source]:
-    if isinstance(sources, str) or not sources:
+    @property
+    def needs_target(self) -> bool:
+        """Whether the view is fed the batch's targets."""
+        return self.kind in _NEEDS_TARGETS or (self.kind == "custom" and "target" in self._inputs)
+
+    @property
+    def hooked_modules(self) -> list[str]:
+        """The submodules whose forward output the view is fed."""
+        if self.kind in ("features", "welch"):
+            return [str(self.module)]
+        return [x.partition(":")[2] for x in self._inputs if x.startswith("features:")]
+
+    @property
+    def tree_options(self) -> dict[str, Any]:
+        """The analysis options this view sets in place of the callback's."""
+        options = {"method": self.method, "distance": self.distance, "clip_negative": self.clip_negative}
+        return {k: v for k, v in options.items() if v is not None}
+
+    @property
+    def _inputs(self) -> tuple[str, ...]:
+        return tuple(self.inputs or ())
+
+
+def _is_input(name: object) -> bool:
+    return isinstance(name, str) and (name in ("scores", "target") or (name.startswith("features:") and len(name) > 9))
+
+
+def _parse_sources(sources: Sequence[str | Source]) -> list[Source]:
+    if isinstance(sources, (str, Source)) or not sources:
         raise ValueError(
-            f"Expected argument `sources` to be a non-empty list of source names, but got {sources!r}. "
+            f"Expected argument `sources` to be a non-empty list of sources, but got {sources!r}. "
             'Example: sources=["scores", "features:layer4", "weights:fc", "confusion", "cooccurrence"].'
         )
     parsed = []
     for spec in sources:
-        kind, _, module = str(spec).partition(":")
-        if kind not in SOURCE_KINDS or (kind in _NEEDS_MODULE) != bool(module):
+        if isinstance(spec, Source):
+            parsed.append(spec)
+        elif isinstance(spec, str):
+            parsed.append(Source(spec))
+        else:
             raise ValueError(
-                f"Expected every entry of `sources` to be one of 'scores', 'confusion', 'cooccurrence', "
-                f"'features:<module>', 'welch:<module>' or 'weights:<module>', but got {spec!r}."
+                f"Expected every entry of `sources` to be one of {_BUILT_IN}, or a Source, but got {spec!r}."
             )
-        parsed.append(_Source(str(spec), kind, module or None))
     specs = [p.spec for p in parsed]
-    if len(set(specs)) != len(specs):
-        raise ValueError(f"Expected the entries of `sources` to be distinct, but got {specs}.")
+    tags = [p.tag for p in parsed]
+    if len(set(specs)) != len(specs) or len(set(tags)) != len(tags):
+        raise ValueError(f"Expected the entries of `sources` to have distinct names, but got {specs}.")
+    metrics = [id(p.metric) for p in parsed if p.metric is not None]
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(
+            f"Expected every Source in `sources` to have its own metric object, but got one metric in two sources "
+            f"({specs}). Create one metric per Source."
+        )
     return parsed
 
 
@@ -146,7 +288,9 @@ class ClassSimilarityCallback(Callback):
             ``"features:<module>"`` (cosine of per-class mean features of that submodule's output),
             ``"welch:<module>"`` (cosine of per-class Welch t statistics of those features), ``"weights:<module>"``
             (cosine of that layer's weight rows; no data needed), ``"confusion"`` (symmetrised confusion rates,
-            single-label) and ``"cooccurrence"`` (label co-occurrence IoU of the targets).
+            single-label) and ``"cooccurrence"`` (label co-occurrence IoU of the targets); or :class:`Source` objects,
+            for a view with its own tree options (``Source("cooccurrence", method="average")``) or a view of yours
+            (``Source("name", metric=..., inputs=("scores", "target"))``).
         target_key: where the targets are in a validation batch (for the sources that need them): an index into a
             tuple/list batch (default 1: ``(x, y)``) or a key of a dict batch.
         reference: draw the logged heatmaps in a fixed class order, to compare runs image by image: a previous
@@ -187,7 +331,7 @@ class ClassSimilarityCallback(Callback):
         cmap: str = "RdBu_r",
         async_analysis: bool = True,
         reference: str | Path | Sequence[int] | None = None,
-        sources: Sequence[str] = ("scores",),
+        sources: Sequence[str | Source] = ("scores",),
         target_key: int | str = 1,
     ) -> None:
         super().__init__()
@@ -241,12 +385,13 @@ class ClassSimilarityCallback(Callback):
             self._ref_order = _check_order(reference, num_classes, "reference")
 
         self.metric = ClassSimilarity(num_classes, scores=scores, multilabel=multilabel, nan_strategy=nan_strategy)
-        kinds = {src.kind for src in self.sources}
-        self._needs_scores = bool(kinds & {"scores", "confusion"})
-        self._needs_targets = bool(kinds & set(_NEEDS_TARGETS))
+        self._needs_scores = any(src.needs_scores for src in self.sources)
+        self._needs_targets = any(src.needs_target for src in self.sources)
         self._source_metrics: dict[str, Any] = {}
         for src in self.sources:
-            if src.kind == "confusion":
+            if src.kind == "custom":
+                self._source_metrics[src.spec] = src.metric
+            elif src.kind == "confusion":
                 from torchmetrics.classification import MulticlassConfusionMatrix
 
                 self._source_metrics[src.spec] = MulticlassConfusionMatrix(num_classes, validate_args=False)
@@ -308,14 +453,17 @@ class ClassSimilarityCallback(Callback):
             target = self._submodule(pl_module, self.module, "module")
             self._hook = target.register_forward_hook(self._capture_hook)
         if not self._source_hooks:
+            hooked: set[str] = set()
             for src in self.sources:
-                if src.module is None:
-                    continue
-                layer = self._submodule(pl_module, src.module, f"sources ({src.spec!r})")
                 if src.kind == "weights":
+                    assert src.module is not None
+                    layer = self._submodule(pl_module, src.module, f"sources ({src.spec!r})")
                     weight_similarity(layer, self.num_classes)  # checks the rows now, not after the first epoch
-                else:
-                    self._source_hooks.append(layer.register_forward_hook(self._feature_hook(src.spec)))
+                for name in src.hooked_modules:  # one hook per submodule, shared by the views it feeds
+                    layer = self._submodule(pl_module, name, f"sources ({src.spec!r})")
+                    if name not in hooked:
+                        hooked.add(name)
+                        self._source_hooks.append(layer.register_forward_hook(self._feature_hook(name)))
         if trainer.is_global_zero:
             self.save_dir.mkdir(parents=True, exist_ok=True)
             write_run_info(
@@ -326,7 +474,7 @@ class ClassSimilarityCallback(Callback):
                     "scores": self.scores,
                     "multilabel": self.multilabel,
                     "tag_prefix": self.tag_prefix,
-                    "analysis": {k: v for k, v in self.analysis_kwargs.items() if k != "taxonomy"},
+                    "analysis": {k: v for k, v in self._analysis_kwargs(self.sources[0]).items() if k != "taxonomy"},
                     "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
                     "sources": [src.spec for src in self.sources],
                     "source": self.sources[0].spec,
@@ -340,8 +488,13 @@ class ClassSimilarityCallback(Callback):
                         "class_names": self._names(),
                         "source": src.spec,
                         "primary": self.sources[0].spec,
+                        "analysis": {k: v for k, v in self._analysis_kwargs(src).items() if k != "taxonomy"},
                     },
                 )
+
+    def _analysis_kwargs(self, src: Source) -> dict[str, Any]:
+        """The options of this source's analysis: the callback's, with the source's own tree options."""
+        return {**self.analysis_kwargs, **src.tree_options}
 
     def _names(self) -> list[str]:
         """The class names, or the class indices as strings."""
@@ -406,12 +559,12 @@ class ClassSimilarityCallback(Callback):
             )
         self._last_scores = (out.flatten(0, -2) if out.ndim > 2 else out).detach()
 
-    def _feature_hook(self, spec: str) -> Any:
+    def _feature_hook(self, name: str) -> Any:
         def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
             if self._active:
                 out = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(out, Tensor):
-                    self._captured[spec] = out.detach()
+                    self._captured[name] = out.detach()
 
         return hook
 
@@ -439,11 +592,32 @@ class ClassSimilarityCallback(Callback):
         scores = self._scores_of(outputs) if self._needs_scores else None
         if scores is not None and "scores" in {src.kind for src in self.sources}:
             self._update(scores)
-        if not self._needs_targets:
-            return
-        target = self._targets_of(batch)
+        target = self._targets_of(batch) if self._needs_targets else None
+        try:
+            self._update_sources(scores, target)
+        finally:
+            self._captured.clear()
+
+    def _features_of(self, src: Source, name: str) -> Tensor:
+        features = self._captured.get(name)
+        if features is None:
+            raise ValueError(
+                f"Source {src.spec!r} captured no output of module {name!r} in this validation step. "
+                "Name a submodule that runs in the model's forward pass."
+            )
+        return features
+
+    def _update_sources(self, scores: Tensor | None, target: Tensor | None) -> None:
+        """Feed this batch to every source other than ``scores`` (which ``_update`` feeds)."""
         for src in self.sources:
             metric: Any = self._source_metrics.get(src.spec)
+            if src.kind == "custom":
+                fed = {"scores": scores, "target": target}
+                args = [fed.get(name) if name in fed else self._features_of(src, name[9:]) for name in src._inputs]
+                metric.update(*(arg.to(metric.device) for arg in args if arg is not None))
+                continue
+            if target is None:
+                continue
             if src.kind == "confusion":
                 if target.ndim != 1:
                     raise ValueError(
@@ -455,12 +629,7 @@ class ClassSimilarityCallback(Callback):
             elif src.kind == "cooccurrence":
                 metric.update(target)
             elif src.kind in ("features", "welch"):
-                features = self._captured.pop(src.spec, None)
-                if features is None:
-                    raise ValueError(
-                        f"Source {src.spec!r} captured no output of module {src.module!r} in this validation step. "
-                        "Name a submodule that runs in the model's forward pass."
-                    )
+                features = self._features_of(src, str(src.module))
                 if metric is None:
                     metric = ClassFeatureSimilarity(
                         self.num_classes, int(features.shape[1]), statistic="welch" if src.kind == "welch" else "mean"
@@ -499,7 +668,7 @@ class ClassSimilarityCallback(Callback):
         try:
             target = batch[key]
         except (KeyError, IndexError, TypeError):
-            needing = [src.spec for src in self.sources if src.kind in _NEEDS_TARGETS]
+            needing = [src.spec for src in self.sources if src.needs_target]
             shape = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
             raise ValueError(
                 f"Sources {needing} need the targets, but the validation batch ({shape}) has nothing at "
@@ -550,6 +719,15 @@ class ClassSimilarityCallback(Callback):
                 matrix = confusion_similarity(metric.compute())
             elif src.kind == "cooccurrence":
                 matrix = metric.compute()
+            elif src.kind == "custom":
+                matrix = metric.compute()
+                if not isinstance(matrix, Tensor) or matrix.shape != (self.num_classes, self.num_classes):
+                    got = f"shape {tuple(matrix.shape)}" if isinstance(matrix, Tensor) else type(matrix).__name__
+                    raise ValueError(
+                        f"Expected the metric of Source({src.spec!r}), {type(metric).__name__}, to compute a "
+                        f"({self.num_classes}, {self.num_classes}) similarity tensor, but got {got}. Return the "
+                        "class-by-class matrix from its compute()."
+                    )
             elif src.kind == "weights":
                 assert src.module is not None
                 matrix = weight_similarity(pl_module.get_submodule(src.module), self.num_classes)
@@ -583,7 +761,7 @@ class ClassSimilarityCallback(Callback):
                 previous = self._previous if src is primary else self._previous_sources.get(src.spec)
             with notes_not_warned():  # the notes are warned once per source, on the training thread (`_drain`)
                 result = analyze(
-                    matrices[src.spec], class_names=self.class_names, previous=previous, **self.analysis_kwargs
+                    matrices[src.spec], class_names=self.class_names, previous=previous, **self._analysis_kwargs(src)
                 )
             notes.extend((src.spec, note) for note in result.notes)
             results[src.spec] = result
@@ -693,8 +871,9 @@ class ClassSimilarityCallback(Callback):
                 if spec not in self._warned_notes:  # once per source and fit: the same tie tends to recur every epoch
                     self._warned_notes.add(spec)
                     rank_zero_warn(
-                        f"ClassSimilarityCallback: at epoch {payload.epoch}, source {spec!r}: {note} (Said once per "
-                        "source; every epoch's notes are in its summary.json and group table.)",
+                        f"ClassSimilarityCallback: at epoch {payload.epoch}, source {spec!r}: {note} To change the "
+                        f"options of this source alone, pass `Source({spec!r}, method=...)` in `sources`. (Said once "
+                        "per source; every epoch's notes are in its summary.json and group table.)",
                         category=UserWarning,
                     )
             for logger in trainer.loggers:

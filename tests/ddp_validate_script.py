@@ -5,12 +5,20 @@ import sys
 import pytorch_lightning as pl
 import torch
 
-from lightning_classim import ClassSimilarityCallback
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source
 from lightning_classim.demo import DemoClassifier, loaders
+from lightning_classim.sources import ClassFeatureSimilarity
+
+CUSTOM = {  # views of one's own, given as metric objects
+    "probs": lambda: Source("probs", metric=ClassSimilarity(12, scores="probs")),
+    "body_means": lambda: Source(
+        "body_means", metric=ClassFeatureSimilarity(12, 32), inputs=("features:body", "target")
+    ),
+}
 
 if __name__ == "__main__":
     out, devices = sys.argv[1], int(sys.argv[2])
-    sources = sys.argv[3].split(",") if len(sys.argv) > 3 else ["scores"]
+    sources = [CUSTOM[s]() if s in CUSTOM else s for s in (sys.argv[3].split(",") if len(sys.argv) > 3 else ["scores"])]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     # 12 classes x 60 samples -> 144 validation samples: divisible by 2, so the distributed sampler pads nothing

@@ -339,6 +339,16 @@ def test_lightning_cli_yaml(tmp_path):
         "        every_n_epochs: 2\n"
         "        method: average\n"
         "        n_groups: 3\n"
+        "        sources:\n"
+        "          - scores\n"
+        "          - class_path: lightning_classim.Source\n"
+        "            init_args: {spec: cooccurrence, method: single}\n"
+        "          - class_path: lightning_classim.Source\n"
+        "            init_args:\n"
+        "              spec: probs\n"
+        "              metric:\n"
+        "                class_path: lightning_classim.ClassSimilarity\n"
+        "                init_args: {num_classes: 12, scores: probs}\n"
         "model:\n"
         "  num_classes: 12\n"
     )
@@ -348,6 +358,10 @@ def test_lightning_cli_yaml(tmp_path):
     cb = cbs[0]
     assert (cb.num_classes, cb.scores, cb.every_n_epochs) == (12, "ranks", 2)
     assert cb.analysis_kwargs["method"] == "average" and cb.analysis_kwargs["n_groups"] == 3
+    assert [(src.spec, src.kind, src.method) for src in cb.sources] == [
+        ("scores", "scores", None), ("cooccurrence", "cooccurrence", "single"), ("probs", "custom", None)
+    ]  # fmt: skip
+    assert cb.sources[2].metric is not None and cb.sources[2].metric.scores == "probs"
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("scores: ranks", "scores: softmax"))
     with pytest.raises(SystemExit):

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -10,14 +11,17 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
 from sklearn.metrics import confusion_matrix
 from sklearn.metrics.pairwise import cosine_similarity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_classim import ClassSimilarityCallback, render_heatmap
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source, render_heatmap
 from lightning_classim.artifacts import list_snapshots, load_snapshot
 from lightning_classim.demo import DemoClassifier, loaders
+from lightning_classim.sources import ClassFeatureSimilarity, LabelCooccurrence
 
 M = 12
 ALL = ["scores", "features:body", "welch:body", "weights:fc", "confusion", "cooccurrence"]
@@ -42,7 +46,13 @@ def test_all_sources_against_independent_references(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, _, names, parents = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
-    cb = ClassSimilarityCallback(M, class_names=names, sources=ALL, taxonomy=parents, save_dir=tmp_path / "out")
+    custom = [  # metric objects as views of one's own; "features:body" is hooked once for both views that read it
+        Source("probs", metric=ClassSimilarity(M, scores="probs")),
+        Source("body_means", metric=ClassFeatureSimilarity(M, 32), inputs=("features:body", "target")),
+    ]
+    cb = ClassSimilarityCallback(
+        M, class_names=names, sources=[*ALL, *custom], taxonomy=parents, save_dir=tmp_path / "out"
+    )
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     net, val = fit(tmp_path, cb, logger=tb)
 
@@ -53,12 +63,16 @@ def test_all_sources_against_independent_references(tmp_path):
         feats = net.body(x).double().numpy()
         logits = net(x).numpy()
     onehot = np.eye(M)[y]
-    snap = {src: load_snapshot(list_snapshots(tmp_path / "out" / "sources" / src)[-1]) for src in
-            ["features_body", "welch_body", "weights_fc", "confusion", "cooccurrence"]}  # fmt: skip
+    views = ["features_body", "welch_body", "weights_fc", "confusion", "cooccurrence", "probs", "body_means"]
+    snap = {src: load_snapshot(list_snapshots(tmp_path / "out" / "sources" / src)[-1]) for src in views}
     primary = load_snapshot(list_snapshots(tmp_path / "out")[-1])
     np.testing.assert_allclose(primary.similarity, np.corrcoef(logits, rowvar=False), atol=1e-5)
     means = (onehot.T @ feats) / onehot.sum(0)[:, None]
     np.testing.assert_allclose(snap["features_body"].similarity, cosine_similarity(means), atol=1e-5)
+    np.testing.assert_allclose(snap["body_means"].similarity, cosine_similarity(means), atol=1e-5)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(snap["probs"].similarity, np.corrcoef(probs, rowvar=False), atol=1e-5)
     w = net.fc.weight.detach().numpy()
     np.testing.assert_allclose(snap["weights_fc"].similarity, cosine_similarity(w), atol=1e-5)
     conf = confusion_matrix(y, logits.argmax(1), labels=range(M)).astype(float)
@@ -90,7 +104,7 @@ def test_all_sources_against_independent_references(tmp_path):
     )
     # the resumable state has every source's last epoch
     state = cb.state_dict()
-    assert set(state["sources"]) == set(ALL[1:])
+    assert set(state["sources"]) == {*ALL[1:], "probs", "body_means"}
 
 
 class MultiLabelNet(pl.LightningModule):
@@ -115,7 +129,12 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     y = (x[:, :6] + 0.5 * rng.standard_normal((600, 6)) > 0.5).astype(np.int64)
     y[:, 1] |= y[:, 0]
     data = TensorDataset(torch.tensor(x), torch.tensor(y))
-    cb = ClassSimilarityCallback(6, multilabel=True, sources=["scores", "cooccurrence"], save_dir=tmp_path / "o")
+    sources = [
+        "scores",
+        Source("cooccurrence", method="average"),  # this view alone with average linkage
+        Source("counts", metric=LabelCooccurrence(6, normalize="none"), inputs=("target",)),  # a metric object
+    ]
+    cb = ClassSimilarityCallback(6, multilabel=True, sources=sources, save_dir=tmp_path / "o")
     fit(
         tmp_path,
         cb,
@@ -129,6 +148,18 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     np.fill_diagonal(iou, 1)
     snap = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "cooccurrence")[-1])
     np.testing.assert_allclose(snap.similarity, iou, atol=1e-6)
+    counts = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "counts")[-1])
+    np.testing.assert_allclose(counts.similarity, c, atol=0)
+    # the co-occurrence view's tree is scipy's average linkage of its matrix; the others keep complete linkage
+    cond = lambda s: squareform(1.0 - s.astype(np.float64), checks=False)  # noqa: E731
+    np.testing.assert_allclose(snap.linkage[:, 2], linkage(cond(iou), "average")[:, 2], atol=1e-6)
+    assert not np.allclose(snap.linkage[:, 2], linkage(cond(iou), "complete")[:, 2], atol=1e-3)
+    primary = load_snapshot(list_snapshots(tmp_path / "o")[-1])
+    np.testing.assert_allclose(primary.linkage[:, 2], linkage(cond(primary.similarity), "complete")[:, 2], atol=1e-6)
+    info = lambda folder: json.loads((folder / "run.json").read_text())["analysis"]["method"]  # noqa: E731
+    assert info(tmp_path / "o") == "complete"
+    assert info(tmp_path / "o" / "sources" / "cooccurrence") == "average"
+    assert info(tmp_path / "o" / "sources" / "counts") == "complete"
 
 
 @pytest.mark.slow
@@ -142,6 +173,7 @@ def test_notes_of_a_source_are_warned_once_and_kept_every_epoch(tmp_path):
     assert len(said) == 1, said
     assert said[0].startswith("ClassSimilarityCallback: at epoch 0, source 'cooccurrence': the automatic choice")
     assert "all 11 merges tie at height 1: a cut gives 1 or 12 groups" in said[0]
+    assert "pass `Source('cooccurrence', method=...)` in `sources`" in said[0]
     for folder in list_snapshots(tmp_path / "o" / "sources" / "cooccurrence"):
         notes = load_snapshot(folder).summary["notes"]
         assert len(notes) == 1 and "all 11 merges tie at height 1" in notes[0]
@@ -155,10 +187,61 @@ def test_bad_sources_at_construction():
         ClassSimilarityCallback(M, sources=["pixels"])
     with pytest.raises(ValueError, match=r"but got 'confusion:fc'"):
         ClassSimilarityCallback(M, sources=["confusion:fc"])
-    with pytest.raises(ValueError, match=r"distinct, but got \['scores', 'scores'\]"):
+    with pytest.raises(ValueError, match=r"distinct names, but got \['scores', 'scores'\]"):
         ClassSimilarityCallback(M, sources=["scores", "scores"])
-    with pytest.raises(ValueError, match=r"`sources` to be a non-empty list of source names, but got 'scores'"):
+    with pytest.raises(ValueError, match=r"distinct names, but got \['scores', 'cooccurrence', 'cooccurrence'\]"):
+        ClassSimilarityCallback(M, sources=["scores", "cooccurrence", Source("cooccurrence", method="average")])
+    with pytest.raises(ValueError, match=r"distinct names, but got \['features:a.b', 'features:a_b'\]"):
+        ClassSimilarityCallback(M, sources=["features:a.b", "features:a_b"])  # both would write features_a_b
+    with pytest.raises(ValueError, match=r"`sources` to be a non-empty list of sources, but got 'scores'"):
         ClassSimilarityCallback(M, sources="scores")
+    with pytest.raises(ValueError, match=r"or a Source, but got 3"):
+        ClassSimilarityCallback(M, sources=["scores", 3])
+    shared = ClassSimilarity(M, scores="probs")
+    with pytest.raises(ValueError, match=r"its own metric object, but got one metric in two sources"):
+        ClassSimilarityCallback(M, sources=[Source("a", metric=shared), Source("b", metric=shared)])
+
+
+def test_bad_source_objects():
+    with pytest.raises(ValueError, match=r"or a name of your own with `metric=`, but got 'pixels'"):
+        Source("pixels")
+    with pytest.raises(ValueError, match=r"`spec` of Source to be a string, but got 3"):
+        Source(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`inputs` of Source\('cooccurrence'\) is for a metric of your own"):
+        Source("cooccurrence", inputs=("target",))
+    with pytest.raises(ValueError, match=r"`metric` of Source\('probs'\) to be a torchmetrics.Metric, but got ndarray"):
+        Source("probs", metric=np.eye(3))  # type: ignore[arg-type]
+    for spec in ("scores", "features:body", "my view"):
+        with pytest.raises(ValueError, match=rf"a name of your own .* but got {spec!r}"):
+            Source(spec, metric=ClassSimilarity(M))
+    for inputs in ("scores", (), ("logits",), ("features:",), ("scores", 1)):
+        with pytest.raises(ValueError, match=r"`inputs` of Source\('v'\) to be a non-empty sequence of 'scores', "):
+            Source("v", metric=ClassSimilarity(M), inputs=inputs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`method` to be one of \[.*\], but got 'avg'"):
+        Source("cooccurrence", method="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`distance` to be one of \[.*\], but got 'cosine'"):
+        Source("scores", distance="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`clip_negative` of Source\('scores'\) to be a bool or None, but got 1"):
+        Source("scores", clip_negative=1)  # type: ignore[arg-type]
+    src = Source("v", metric=ClassSimilarity(M), inputs=["features:body.0", "target"], method="ward")
+    assert (src.kind, src.module, src.inputs, src.hooked_modules) == ("custom", None, ("features:body.0", "target"),
+                                                                     ["body.0"])  # fmt: skip
+    assert (src.needs_scores, src.needs_target, src.tree_options) == (False, True, {"method": "ward"})
+    assert Source("welch:body.2").tag == "welch_body_2" and Source("welch:body.2").hooked_modules == ["body.2"]
+
+
+def test_custom_source_errors_in_a_run(tmp_path):
+    class NotSquare(ClassSimilarity):
+        def compute(self):
+            return super().compute()[:, :3]
+
+    cb = ClassSimilarityCallback(M, sources=["scores", Source("cut", metric=NotSquare(M))], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"metric of Source\('cut'\), NotSquare, to compute a \(12, 12\) similarity "
+                                         r"tensor, but got shape \(12, 3\)"):  # fmt: skip
+        fit(tmp_path, cb, epochs=1)
+    feats = Source("f", metric=ClassFeatureSimilarity(M, 32), inputs=("features:layer4", "target"))
+    with pytest.raises(ValueError, match=r"`sources \('f'\)` to name a submodule of DemoClassifier, but got 'layer4'"):
+        fit(tmp_path, ClassSimilarityCallback(M, sources=["scores", feats], save_dir=tmp_path))
 
 
 def test_missing_layer_and_wrong_weight_rows(tmp_path):
@@ -196,13 +279,13 @@ def test_ddp_sources_match_single_process(tmp_path):
     sims = {}
     for n in (1, 2):
         out = tmp_path / f"dev{n}"
-        sources = "scores,features:body,welch:body,cooccurrence"
+        sources = "scores,features:body,welch:body,cooccurrence,probs,body_means"
         proc = subprocess.run([sys.executable, str(script), str(out), str(n), sources],
                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         sims[n] = {
             tag: load_snapshot(list_snapshots(out / "classim" / "sources" / tag)[0]).similarity
-            for tag in ("features_body", "welch_body", "cooccurrence")
+            for tag in ("features_body", "welch_body", "cooccurrence", "probs", "body_means")
         }
     for tag in sims[1]:
         np.testing.assert_allclose(sims[2][tag], sims[1][tag], atol=1e-5, err_msg=tag)

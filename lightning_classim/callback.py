@@ -67,7 +67,8 @@ class _Payload:
     step: int
     scalars: dict[str, float]
     panels: list[_Panel] = field(default_factory=list)
-    at_max_groups: int | None = None  # the number of groups, when the automatic choice hit the top of its range
+    #: (source, number of groups) of the analyses whose automatic choice hit the top of its range
+    at_max_groups: list[tuple[str, int]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of the analyses
 
 
@@ -411,7 +412,7 @@ class ClassSimilarityCallback(Callback):
         self._previous: StructureResult | None = None
         self._history: list[dict[str, float]] = []
         self._warned_loggers: set[str] = set()
-        self._warned_max_groups = False
+        self._warned_max_groups: set[str] = set()
         self._warned_notes: set[str] = set()
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
@@ -810,8 +811,7 @@ class ClassSimilarityCallback(Callback):
                              f"{m.get('taxonomy_ari', float('nan')):.3f} |")  # fmt: skip
             panels[0].markdown += f"\n\nSource closest to the taxonomy: **{best}**\n\n" + "\n".join(lines)
         self.analysis_s.append(time.perf_counter() - start)
-        main = results[primary.spec]
-        at_max = max(main.silhouettes) if main.choice_at_max_groups else None
+        at_max = [(spec, max(r.silhouettes)) for spec, r in results.items() if r.choice_at_max_groups]
         return _Payload(epoch=epoch, step=step, scalars=scalars, panels=panels, at_max_groups=at_max, notes=notes)
 
     @staticmethod
@@ -859,14 +859,16 @@ class ClassSimilarityCallback(Callback):
                 )
                 continue
             self._history.append({"epoch": payload.epoch, "step": payload.step, **payload.scalars})
-            if payload.at_max_groups is not None and not self._warned_max_groups:
-                self._warned_max_groups = True
-                rank_zero_warn(
-                    f"ClassSimilarityCallback: at epoch {payload.epoch} the automatic choice picked "
-                    f"{payload.at_max_groups} groups, the most it tried; the classes may form more groups. "
-                    f"Pass `max_groups` larger than {payload.at_max_groups} to let it choose more.",
-                    category=UserWarning,
-                )
+            for spec, k in payload.at_max_groups:
+                if spec not in self._warned_max_groups:  # once per source and fit
+                    self._warned_max_groups.add(spec)
+                    which = "" if spec == self.sources[0].spec else f", source {spec!r}:"
+                    rank_zero_warn(
+                        f"ClassSimilarityCallback: at epoch {payload.epoch}{which} the automatic choice picked {k} "
+                        f"groups, the most it tried; the classes may form more groups. Pass `max_groups` larger than "
+                        f"{k} to let it choose more.",
+                        category=UserWarning,
+                    )
             for spec, note in payload.notes:
                 if spec not in self._warned_notes:  # once per source and fit: the same tie tends to recur every epoch
                     self._warned_notes.add(spec)

@@ -259,15 +259,16 @@ def test_analysis_errors_are_reported_not_lost(tmp_path, async_analysis):
 @pytest.mark.slow
 def test_choice_at_max_groups_warns_once_and_default_range_does_not(tmp_path):
     train, val, _, _ = small_loaders()
-    capped = ClassSimilarityCallback(M, save_dir=tmp_path / "capped", max_groups=2)
+    capped = ClassSimilarityCallback(M, save_dir=tmp_path / "capped", max_groups=2, sources=["scores", "weights:fc"])
     free = ClassSimilarityCallback(M, save_dir=tmp_path / "free", tag_prefix="classim_free")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer(tmp_path, [capped, free], epochs=2).fit(model(), train, val)
     said = [str(w.message) for w in caught if "the most it tried" in str(w.message)]
-    assert len(said) == 1, said  # once per fit, not every epoch
+    assert len(said) == 2, said  # once per source and fit, not every epoch
     assert said[0].startswith("ClassSimilarityCallback: at epoch 0 the automatic choice picked 2 groups")
-    assert "Pass `max_groups` larger than 2" in said[0]
+    assert said[1].startswith("ClassSimilarityCallback: at epoch 0, source 'weights:fc': the automatic choice picked 2")
+    assert all("Pass `max_groups` larger than 2" in text for text in said)
     summary = json.loads((list_snapshots(tmp_path / "capped")[-1] / "summary.json").read_text())
     assert list(summary["silhouettes"]) == ["2"] and summary["n_groups"] == 2
     # 12 classes: the default range 2..11 covers every cut, so a choice at its top is no reason to warn

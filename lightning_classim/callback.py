@@ -82,10 +82,10 @@ _BUILT_IN = "'scores', 'confusion', 'cooccurrence', 'features:<module>', 'welch:
 class Source:
     """One similarity view of :class:`ClassSimilarityCallback`, with tree options of its own, or a view of yours.
 
-    A string in ``sources`` is short for ``Source(that_string)``. Give a ``Source`` to analyse one view with its own
-    tree options (average linkage for a sparse co-occurrence or confusion matrix, where complete linkage ties), or to
-    add a view the package does not have: any :class:`torchmetrics.Metric` whose ``compute()`` returns the
-    ``(m, m)`` similarity matrix.
+    A string in ``sources`` is short for ``Source(that_string)``. Give a ``Source`` to analyse one view with options
+    of its own (average linkage for a sparse co-occurrence or confusion matrix, where complete linkage ties; its own
+    number of groups), or to add a view the package does not have: any :class:`torchmetrics.Metric` whose
+    ``compute()`` returns the ``(m, m)`` similarity matrix.
 
     Args:
         spec: a built-in view (``"scores"``, ``"confusion"``, ``"cooccurrence"``, ``"features:<module>"``,
@@ -103,6 +103,11 @@ class Source:
             :func:`~lightning_classim.analyze`).
         distance: this view's distance, in place of the callback's ``distance``.
         clip_negative: whether to clip this view's negative similarities, in place of the callback's.
+        n_groups: this view's number of groups.
+        distance_threshold: cut this view's tree at this height instead.
+        max_groups: the largest number of groups of this view's automatic choice. When any of ``n_groups``,
+            ``distance_threshold`` and ``max_groups`` is given, the three replace the callback's for this view
+            (checked against ``num_classes`` by the callback).
 
     Raises:
         ValueError: for an unknown view, a ``metric`` that is not a torchmetrics ``Metric`` (or one given with a
@@ -129,6 +134,9 @@ class Source:
     method: LinkageMethod | None = None
     distance: DistanceKind | None = None
     clip_negative: bool | None = None
+    n_groups: int | None = None
+    distance_threshold: float | None = None
+    max_groups: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str):
@@ -207,10 +215,14 @@ class Source:
         return [x.partition(":")[2] for x in self._inputs if x.startswith("features:")]
 
     @property
-    def tree_options(self) -> dict[str, Any]:
-        """The analysis options this view sets in place of the callback's."""
-        options = {"method": self.method, "distance": self.distance, "clip_negative": self.clip_negative}
-        return {k: v for k, v in options.items() if v is not None}
+    def options(self) -> dict[str, Any]:
+        """The analysis options this view sets in place of the callback's (see :func:`~lightning_classim.analyze`)."""
+        tree: dict[str, Any] = {"method": self.method, "distance": self.distance, "clip_negative": self.clip_negative}
+        options = {k: v for k, v in tree.items() if v is not None}
+        grouping: dict[str, Any] = {"n_groups": self.n_groups, "distance_threshold": self.distance_threshold}
+        if any(v is not None for v in (*grouping.values(), self.max_groups)):
+            options.update(grouping, max_groups=self.max_groups)  # the three together replace the callback's
+        return options
 
     @property
     def _inputs(self) -> tuple[str, ...]:
@@ -356,6 +368,11 @@ class ClassSimilarityCallback(Callback):
         if taxonomy is not None:
             check_taxonomy(taxonomy, num_classes, class_names)
         self.sources = _parse_sources(sources)
+        for src in self.sources:
+            try:
+                check_group_args(src.n_groups, src.distance_threshold, src.max_groups, num_classes)
+            except ValueError as err:
+                raise ValueError(f"Source({src.spec!r}): {err}") from None
         self.target_key = target_key
         self.num_classes = num_classes
         self.class_names = [str(n) for n in class_names] if class_names is not None else None
@@ -495,7 +512,7 @@ class ClassSimilarityCallback(Callback):
 
     def _analysis_kwargs(self, src: Source) -> dict[str, Any]:
         """The options of this source's analysis: the callback's, with the source's own tree options."""
-        return {**self.analysis_kwargs, **src.tree_options}
+        return {**self.analysis_kwargs, **src.options}
 
     def _names(self) -> list[str]:
         """The class names, or the class indices as strings."""

@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
-from scipy.cluster.hierarchy import linkage
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import adjusted_rand_score, confusion_matrix
 from sklearn.metrics.pairwise import cosine_similarity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -131,7 +131,7 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     data = TensorDataset(torch.tensor(x), torch.tensor(y))
     sources = [
         "scores",
-        Source("cooccurrence", method="average"),  # this view alone with average linkage
+        Source("cooccurrence", method="average", n_groups=3),  # this view alone: average linkage, 3 groups
         Source("counts", metric=LabelCooccurrence(6, normalize="none"), inputs=("target",)),  # a metric object
     ]
     cb = ClassSimilarityCallback(6, multilabel=True, sources=sources, save_dir=tmp_path / "o")
@@ -154,12 +154,15 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     cond = lambda s: squareform(1.0 - s.astype(np.float64), checks=False)  # noqa: E731
     np.testing.assert_allclose(snap.linkage[:, 2], linkage(cond(iou), "average")[:, 2], atol=1e-6)
     assert not np.allclose(snap.linkage[:, 2], linkage(cond(iou), "complete")[:, 2], atol=1e-3)
+    assert adjusted_rand_score(snap.groups, fcluster(linkage(cond(iou), "average"), 3, "maxclust")) == 1.0
+    assert len(set(snap.groups)) == 3
     primary = load_snapshot(list_snapshots(tmp_path / "o")[-1])
     np.testing.assert_allclose(primary.linkage[:, 2], linkage(cond(primary.similarity), "complete")[:, 2], atol=1e-6)
-    info = lambda folder: json.loads((folder / "run.json").read_text())["analysis"]["method"]  # noqa: E731
-    assert info(tmp_path / "o") == "complete"
-    assert info(tmp_path / "o" / "sources" / "cooccurrence") == "average"
-    assert info(tmp_path / "o" / "sources" / "counts") == "complete"
+    info = lambda folder: json.loads((folder / "run.json").read_text())["analysis"]  # noqa: E731
+    assert (info(tmp_path / "o")["method"], info(tmp_path / "o")["n_groups"]) == ("complete", None)
+    assert info(tmp_path / "o" / "sources" / "cooccurrence")["method"] == "average"
+    assert info(tmp_path / "o" / "sources" / "cooccurrence")["n_groups"] == 3
+    assert info(tmp_path / "o" / "sources" / "counts")["method"] == "complete"
 
 
 @pytest.mark.slow
@@ -226,7 +229,17 @@ def test_bad_source_objects():
     src = Source("v", metric=ClassSimilarity(M), inputs=["features:body.0", "target"], method="ward")
     assert (src.kind, src.module, src.inputs, src.hooked_modules) == ("custom", None, ("features:body.0", "target"),
                                                                      ["body.0"])  # fmt: skip
-    assert (src.needs_scores, src.needs_target, src.tree_options) == (False, True, {"method": "ward"})
+    assert (src.needs_scores, src.needs_target, src.options) == (False, True, {"method": "ward"})
+    # any grouping option brings the three, so that they replace the callback's together
+    assert Source("scores", max_groups=5).options == {"n_groups": None, "distance_threshold": None, "max_groups": 5}
+    with pytest.raises(
+        ValueError, match=r"Source\('cooccurrence'\): Expected argument `n_groups` to be an int in 1\.\.12, "
+    ):
+        ClassSimilarityCallback(M, sources=["scores", Source("cooccurrence", n_groups=13)])
+    with pytest.raises(
+        ValueError, match=r"Source\('scores'\): Expected only one of `n_groups` and `distance_threshold`"
+    ):
+        ClassSimilarityCallback(M, sources=[Source("scores", n_groups=2, distance_threshold=0.5)])
     assert Source("welch:body.2").tag == "welch_body_2" and Source("welch:body.2").hooked_modules == ["body.2"]
 
 

@@ -80,7 +80,7 @@ _BUILT_IN = "'scores', 'confusion', 'cooccurrence', 'features:<module>', 'welch:
 
 @dataclass(frozen=True, eq=False)
 class Source:
-    """One similarity view of :class:`ClassSimilarityCallback`, with tree options of its own, or a view of yours.
+    """One similarity view of :class:`ClassSimilarityCallback`, with options of its own, or a view of yours.
 
     A string in ``sources`` is short for ``Source(that_string)``. Give a ``Source`` to analyse one view with options
     of its own (average linkage for a sparse co-occurrence or confusion matrix, where complete linkage ties; its own
@@ -111,7 +111,7 @@ class Source:
 
     Raises:
         ValueError: for an unknown view, a ``metric`` that is not a torchmetrics ``Metric`` (or one given with a
-            built-in view), ``inputs`` without ``metric`` or with an unknown entry, or a bad tree option.
+            built-in view), ``inputs`` without ``metric`` or with an unknown entry, or a bad option.
 
     Example:
         >>> from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source
@@ -302,7 +302,7 @@ class ClassSimilarityCallback(Callback):
             ``"welch:<module>"`` (cosine of per-class Welch t statistics of those features), ``"weights:<module>"``
             (cosine of that layer's weight rows; no data needed), ``"confusion"`` (symmetrised confusion rates,
             single-label) and ``"cooccurrence"`` (label co-occurrence IoU of the targets); or :class:`Source` objects,
-            for a view with its own tree options (``Source("cooccurrence", method="average")``) or a view of yours
+            for a view with options of its own (``Source("cooccurrence", method="average")``) or a view of yours
             (``Source("name", metric=..., inputs=("scores", "target"))``).
         target_key: where the targets are in a validation batch (for the sources that need them): an index into a
             tuple/list batch (default 1: ``(x, y)``) or a key of a dict batch.
@@ -511,7 +511,7 @@ class ClassSimilarityCallback(Callback):
                 )
 
     def _analysis_kwargs(self, src: Source) -> dict[str, Any]:
-        """The options of this source's analysis: the callback's, with the source's own tree options."""
+        """The options of this source's analysis: the callback's, with those the source sets itself."""
         return {**self.analysis_kwargs, **src.options}
 
     def _names(self) -> list[str]:

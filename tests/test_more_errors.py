@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_classim import ClassSimilarityCallback, analyze, render_heatmap
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source, analyze, render_heatmap
 from lightning_classim.artifacts import write_run_info, write_snapshot
 from lightning_classim.demo import DemoClassifier, loaders
 from lightning_classim.runs import RunError, export_tree, find_run, load_run
@@ -64,6 +64,10 @@ def test_hooked_module_that_never_runs(tmp_path):
         validate(tmp_path, ClassSimilarityCallback(12, module="unused", save_dir=tmp_path), val)
     cb = ClassSimilarityCallback(12, sources=["scores", "features:unused"], save_dir=tmp_path)
     with pytest.raises(ValueError, match=r"Source 'features:unused' captured no output of module 'unused'"):
+        validate(tmp_path, cb, val)
+    own = Source("own", metric=ClassSimilarity(12), inputs=("features:unused",))
+    cb = ClassSimilarityCallback(12, sources=["scores", own], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Source 'own' captured no output of module 'unused'"):
         validate(tmp_path, cb, val)
 
 

@@ -200,12 +200,12 @@ class Source:
     @property
     def needs_scores(self) -> bool:
         """Whether the view is fed the classifier's scores."""
-        return self.kind in ("scores", "confusion") or (self.kind == "custom" and "scores" in self._inputs)
+        return self.kind in ("scores", "confusion") or "scores" in self._inputs
 
     @property
     def needs_target(self) -> bool:
         """Whether the view is fed the batch's targets."""
-        return self.kind in _NEEDS_TARGETS or (self.kind == "custom" and "target" in self._inputs)
+        return self.kind in _NEEDS_TARGETS or "target" in self._inputs
 
     @property
     def hooked_modules(self) -> list[str]:
@@ -879,11 +879,13 @@ class ClassSimilarityCallback(Callback):
             for spec, k in payload.at_max_groups:
                 if spec not in self._warned_max_groups:  # once per source and fit
                     self._warned_max_groups.add(spec)
-                    which = "" if spec == self.sources[0].spec else f", source {spec!r}:"
+                    primary = spec == self.sources[0].spec
+                    which = "" if primary else f", source {spec!r}:"
+                    alone = "" if primary else f" (or `Source({spec!r}, max_groups=...)` for this source alone)"
                     rank_zero_warn(
                         f"ClassSimilarityCallback: at epoch {payload.epoch}{which} the automatic choice picked {k} "
                         f"groups, the most it tried; the classes may form more groups. Pass `max_groups` larger than "
-                        f"{k} to let it choose more.",
+                        f"{k}{alone} to let it choose more.",
                         category=UserWarning,
                     )
             for spec, note in payload.notes:

@@ -252,6 +252,15 @@ def test_custom_source_errors_in_a_run(tmp_path):
     with pytest.raises(ValueError, match=r"metric of Source\('cut'\), NotSquare, to compute a \(12, 12\) similarity "
                                          r"tensor, but got shape \(12, 3\)"):  # fmt: skip
         fit(tmp_path, cb, epochs=1)
+
+    class NotATensor(ClassSimilarity):
+        def compute(self):
+            return super().compute().numpy()
+
+    cb = ClassSimilarityCallback(M, sources=["scores", Source("np", metric=NotATensor(M))], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"Source\('np'\), NotATensor, to compute a \(12, 12\) similarity tensor, but "
+                                         r"got ndarray"):  # fmt: skip
+        fit(tmp_path, cb, epochs=1)
     feats = Source("f", metric=ClassFeatureSimilarity(M, 32), inputs=("features:layer4", "target"))
     with pytest.raises(ValueError, match=r"`sources \('f'\)` to name a submodule of DemoClassifier, but got 'layer4'"):
         fit(tmp_path, ClassSimilarityCallback(M, sources=["scores", feats], save_dir=tmp_path))

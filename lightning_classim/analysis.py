@@ -32,6 +32,7 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse import csr_matrix
 from scipy.spatial.distance import squareform
 
+from lightning_classim import _kernels
 from lightning_classim._checks import check_choice as _check_choice
 
 LinkageMethod = Literal["single", "complete", "average", "weighted", "ward", "centroid", "median"]
@@ -424,11 +425,12 @@ class _Distances:
         self.mean, self.s2, s3 = _centred_moments(pairs)
         self.moments = _moments_to_stats(pairs.size, self.mean, self.s2, s3)
         self.square: np.ndarray | None = None
+        self._condensed: np.ndarray | None = None
         self.linear = False
         if distance == "rows":
             del pairs
             self.square = _row_distances(sim)
-            self.condensed = _condensed(self.square)
+            self._condensed = _condensed(self.square)
             return
         d = np.subtract(1.0, pairs, out=pairs)
         if self.euclid:
@@ -438,7 +440,29 @@ class _Distances:
             np.maximum(d, 0.0, out=d)
         else:
             self.linear = True
-        self.condensed = d
+        self._condensed = d
+
+    @property
+    def condensed(self) -> np.ndarray:
+        """scipy's condensed distance vector (made again from the matrix if :meth:`linkage` let it go)."""
+        if self._condensed is None:
+            self._condensed = self._transform(_condensed(self.sim))
+        return self._condensed
+
+    def linkage(self, method: str) -> np.ndarray:
+        """scipy's linkage matrix of the distances.
+
+        For the nearest-neighbour chain methods it comes from the compiled kernel (:mod:`._kernels`: equal to
+        scipy's, faster, and without holding the GIL), on a square copy of the distances; the condensed vector is let
+        go meanwhile when nothing later needs it (linear distances from the tree's cophenetic route on), to bound the
+        memory at 10,000 classes.
+        """
+        if not (method in _kernels.NN_CHAIN_METHODS and _kernels.available()):
+            return scipy_linkage(self.condensed, method=method)
+        square = squareform(self.condensed, checks=False)
+        if self.linear and self.sim.shape[0] >= _TREE_COPHENET_MIN:
+            self._condensed = None
+        return _kernels.nn_chain_linkage(square, method)
 
     def _transform(self, s: np.ndarray) -> np.ndarray:
         d = np.maximum(1.0 - s, 0.0)
@@ -1397,7 +1421,7 @@ def analyze(
         sim = np.maximum(sim, 0.0)
 
     dist = _Distances(sim, distance, method)
-    z = scipy_linkage(dist.condensed, method=method)
+    z = dist.linkage(method)
     if optimal_ordering:
         if m > OPTIMAL_ORDERING_WARN:
             warnings.warn(

@@ -35,7 +35,7 @@ NN_CHAIN_METHODS = {"complete": 0, "average": 1, "weighted": 2, "ward": 3}
 
 
 def _nn_chain(dist: np.ndarray, method: int) -> np.ndarray:  # pragma: no cover - compiled
-    """scipy's ``nn_chain`` on a square distance matrix (overwritten): the merges in the order found, unlabelled."""
+    """The ``nn_chain`` on a square distance matrix (overwritten); the merges as found, unlabelled."""
     n = dist.shape[0]
     z = np.empty((n - 1, 4))
     size = np.ones(n, dtype=np.int64)
@@ -124,7 +124,7 @@ def _nn_chain(dist: np.ndarray, method: int) -> np.ndarray:  # pragma: no cover 
 
 
 def _label(z: np.ndarray, n: int) -> None:  # pragma: no cover - compiled
-    """scipy's ``label``: the cluster ids and sizes of merges sorted by height (union-find), in place."""
+    """The ``label`` of scipy: the cluster ids and sizes of merges sorted by height (union-find), in place."""
     parent = np.arange(2 * n - 1)
     size = np.ones(2 * n - 1)
     roots = np.empty(2, dtype=np.int64)
@@ -171,7 +171,7 @@ def available() -> bool:
 
 
 def nn_chain_linkage(dist: np.ndarray, method: str) -> np.ndarray:
-    """scipy's linkage matrix of a square distance matrix, for the nearest-neighbour chain methods.
+    """The scipy linkage matrix of a square distance matrix, for the nearest-neighbour chain methods.
 
     Args:
         dist: ``(m, m)`` symmetric distances, float64 and C-contiguous, with a zero diagonal; overwritten (it is the

@@ -444,13 +444,13 @@ class _Distances:
 
     @property
     def condensed(self) -> np.ndarray:
-        """scipy's condensed distance vector (made again from the matrix if :meth:`linkage` let it go)."""
+        """The condensed distance vector of scipy (made again from the matrix if :meth:`linkage` let it go)."""
         if self._condensed is None:
             self._condensed = self._transform(_condensed(self.sim))
         return self._condensed
 
     def linkage(self, method: str) -> np.ndarray:
-        """scipy's linkage matrix of the distances.
+        """The scipy linkage matrix of the distances.
 
         For the nearest-neighbour chain methods it comes from the compiled kernel (:mod:`._kernels`: equal to
         scipy's, faster, and without holding the GIL), on a square copy of the distances; the condensed vector is let

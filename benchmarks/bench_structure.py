@@ -15,6 +15,13 @@ For each m, on a similarity matrix of realistic structure (the correlation of lo
   moments, the bare linkage call, the leaf order, one pass of sums over groups, and the cophenetic correlation's
   all-pairs product (below 1,500 classes). Their sum against the user's linkage call shows how much room a target
   "analysis within 1.5x of the linkage" leaves for the silhouettes, summaries, split and failed groups.
+* ``analyze, scipy's linkage``: the same with the compiled linkage turned off (``LIGHTNING_CLASSIM_NUMBA=0``), i.e.
+  scipy's linkage inside.
+* ``linkage``: the compiled nearest-neighbour chain that ``analyze`` uses (``lightning_classim._kernels``, equal to
+  scipy's bit for bit; timed with its ``squareform`` to the square matrix it works in) next to scipy's bare linkage
+  call on the same condensed vector.
+* ``stall``: the longest pause of a Python loop on the main thread while ``analyze`` runs on a worker thread (as the
+  callback's ``async_analysis`` does), with and without the compiled linkage: scipy's linkage holds the GIL.
 * ``render``: :func:`render_heatmap` (1024 px budget) plus :func:`save_png`, next to matplotlib ``imshow`` +
   ``savefig`` of the same ordered matrix at full resolution (one pixel per cell, as a user would to see every
   class).
@@ -25,13 +32,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 
 import numpy as np
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
-from lightning_classim import analyze, render_heatmap, save_png
+from lightning_classim import _kernels, analyze, render_heatmap, save_png
 
 
 def similarity(m: int, seed: int = 0) -> np.ndarray:
@@ -64,13 +72,50 @@ def required_steps(sim: np.ndarray, repeats: int) -> dict[str, float]:
     steps = {
         "input check": lambda: as_similarity_matrix(sim),
         "condensed pairs and moments": lambda: _Distances(sim, "correlation", "complete").moments,
-        "bare linkage": lambda: linkage(condensed, "complete"),
+        "linkage": lambda: (
+            _kernels.nn_chain_linkage(squareform(condensed, checks=False), "complete")
+            if _kernels.available()
+            else linkage(condensed, "complete")
+        ),
         "leaf order": lambda: leaves_list(z),
         "one pass of group sums": lambda: _BlockSums(sim, labels),
     }
     if m < 1500:
         steps["cophenetic product"] = lambda: float(np.dot(cophenet(z), condensed))
     return {name: best_of(fn, repeats) for name, fn in steps.items()}
+
+
+def without_kernel(fn: object) -> object:
+    """``fn`` with the compiled linkage turned off (scipy's linkage inside ``analyze``)."""
+
+    def run() -> object:
+        enabled, _kernels.ENABLED = _kernels.ENABLED, False
+        try:
+            return fn()  # type: ignore[operator]
+        finally:
+            _kernels.ENABLED = enabled
+
+    return run
+
+
+def longest_stall(fn: object) -> float:
+    """Longest pause of a Python loop on this thread while ``fn`` runs on a worker thread."""
+    finished = threading.Event()
+
+    def work() -> None:
+        fn()  # type: ignore[operator]
+        finished.set()
+
+    thread = threading.Thread(target=work)
+    longest = 0.0
+    last = time.perf_counter()
+    thread.start()
+    while not finished.is_set():
+        now = time.perf_counter()
+        longest = max(longest, now - last)
+        last = now
+    thread.join()
+    return longest
 
 
 def matplotlib_png(mat: np.ndarray, path: str) -> None:
@@ -91,25 +136,34 @@ def main() -> None:
     args = parser.parse_args()
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     print(
-        "| m | scipy linkage alone | analyze | analyze/linkage | bare linkage call | analyze/bare | groups found | "
-        "render + PNG | matplotlib imshow + savefig | matplotlib/render | PNG sizes (ours / matplotlib) |"
+        "| m | scipy linkage alone | analyze | analyze/linkage | analyze, scipy's linkage | its ratio | "
+        "bare linkage call | analyze/bare | groups found | render + PNG | matplotlib imshow + savefig | "
+        "matplotlib/render | PNG sizes (ours / matplotlib) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     tmp = tempfile.mkdtemp()
     floors: list[tuple[int, float, dict[str, float]]] = []
+    kernels: list[tuple[int, float, float, float, float]] = []
     for m in args.sizes:
         sim = similarity(m)
         repeats = 7 if m <= 4000 else 2
         result = analyze(sim)
-        # linkage, bare linkage and analyze alternate, so that all three see the same state of the machine (the
-        # page faults of the large condensed vectors move single timings by 10-20%); best of each
-        t_link = t_bare = t_an = float("inf")
+        # the linkage baselines and analyze alternate, so that all see the same state of the machine (the page faults
+        # of the large condensed vectors move single timings by 10-20%); best of each
+        t_link = t_bare = t_an = t_scipy = t_ours = float("inf")
         for _ in range(repeats):
             t_link = min(t_link, best_of(lambda s=sim: linkage(squareform(1 - s, checks=False), "complete"), 1))
             condensed = squareform(1 - sim, checks=False)
             t_bare = min(t_bare, best_of(lambda y=condensed: linkage(y, "complete"), 1))
+            if _kernels.available():
+                square = lambda y=condensed: squareform(y, checks=False)  # noqa: E731
+                t_ours = min(t_ours, best_of(lambda f=square: _kernels.nn_chain_linkage(f(), "complete"), 1))
             del condensed
             t_an = min(t_an, best_of(lambda s=sim: analyze(s), 1))
+            t_scipy = min(t_scipy, best_of(without_kernel(lambda s=sim: analyze(s)), 1))
+        stall_ours = longest_stall(lambda s=sim: analyze(s))
+        stall_scipy = longest_stall(without_kernel(lambda s=sim: analyze(s)))
+        kernels.append((m, t_bare, t_ours, stall_ours, stall_scipy))
         repeats = 3 if m <= 4000 else 1
         ordered = sim[np.ix_(result.order, result.order)]
         ours = os.path.join(tmp, f"ours_{m}.png")
@@ -119,12 +173,23 @@ def main() -> None:
         size_ours = os.path.getsize(ours) / 1e6
         size_mpl = os.path.getsize(theirs) / 1e6
         print(
-            f"| {m} | {t_link:.3f} s | {t_an:.3f} s | {t_an / t_link:.2f}x | {t_bare:.3f} s | {t_an / t_bare:.2f}x | "
-            f"{result.n_groups} | {t_render:.3f} s | "
+            f"| {m} | {t_link:.3f} s | {t_an:.3f} s | {t_an / t_link:.2f}x | "
+            f"{t_scipy:.3f} s | {t_scipy / t_link:.2f}x | "
+            f"{t_bare:.3f} s | {t_an / t_bare:.2f}x | {result.n_groups} | {t_render:.3f} s | "
             f"{t_mpl:.2f} s | {t_mpl / t_render:.1f}x | {size_ours:.2f} MB / {size_mpl:.1f} MB |",
             flush=True,
         )
         floors.append((m, t_link, required_steps(sim, repeats)))
+    print(
+        "\n| m | scipy linkage (bare) | compiled linkage (+ squareform) | speed-up | longest stall of the main "
+        "thread while analyze runs on a worker thread: compiled / scipy's linkage |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for m, t_bare, t_ours, stall_ours, stall_scipy in kernels:
+        print(
+            f"| {m} | {t_bare * 1e3:.1f} ms | {t_ours * 1e3:.1f} ms | {t_bare / t_ours:.2f}x | "
+            f"{stall_ours * 1e3:.0f} ms / {stall_scipy * 1e3:.0f} ms |"
+        )
     print("\n| m | scipy linkage alone | required steps | required/linkage | of which |")
     print("| --- | --- | --- | --- | --- |")
     for m, t_link, steps in floors:

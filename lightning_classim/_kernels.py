@@ -148,8 +148,24 @@ def _label(z: np.ndarray, n: int) -> None:  # pragma: no cover - compiled
         z[i, 3] = size[n + i]
 
 
+def _mirror_upper(out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Copy the upper triangle onto the lower one and zero the diagonal, in 64 x 64 tiles (cache and TLB friendly)."""
+    m = out.shape[0]
+    tile = 64
+    for bi in range(0, m, tile):
+        ie = min(bi + tile, m)
+        for bj in range(bi + tile, m, tile):
+            for j in range(bj, min(bj + tile, m)):
+                for i in range(bi, ie):
+                    out[j, i] = out[i, j]
+        for i in range(bi, ie):
+            out[i, i] = 0.0
+            for j in range(i + 1, ie):
+                out[j, i] = out[i, j]
+
+
 @functools.cache
-def _compiled() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+def _compiled() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]] | None:
     """The compiled kernels, or ``None`` (with a warning) if numba cannot be imported."""
     try:
         import numba
@@ -162,12 +178,35 @@ def _compiled() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
         )
         return None
     jit = numba.njit(cache=True, nogil=True)
-    return jit(_nn_chain), jit(_label)
+    return jit(_nn_chain), jit(_label), jit(_mirror_upper)
 
 
 def available() -> bool:
     """Whether :func:`nn_chain_linkage` can run: :data:`ENABLED` and numba imports."""
     return ENABLED and _compiled() is not None
+
+
+def _require() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    kernels = _compiled()
+    if kernels is None:
+        raise RuntimeError("numba cannot be imported; check `available()` before calling the compiled kernels.")
+    return kernels
+
+
+def one_minus(sim: np.ndarray) -> np.ndarray:
+    """The square distances ``1 - s`` of the upper triangle of ``sim`` (both triangles), with a zero diagonal.
+
+    Equal to ``squareform(squareform(1 - sim, checks=False))`` without the condensed vector in between, so that the
+    caller can let the condensed vector go first (at 10,000 classes: 400 MB).
+
+    Example:
+        >>> import numpy as np
+        >>> one_minus(np.array([[1.0, 0.25], [0.5, 1.0]])).tolist()
+        [[0.0, 0.75], [0.75, 0.0]]
+    """
+    out = np.subtract(1.0, sim)
+    _require()[2](out)
+    return out
 
 
 def nn_chain_linkage(dist: np.ndarray, method: str) -> np.ndarray:
@@ -194,10 +233,8 @@ def nn_chain_linkage(dist: np.ndarray, method: str) -> np.ndarray:
             f"Expected argument `dist` to be a square C-contiguous float64 matrix, but got dtype {dist.dtype} and "
             f"shape {dist.shape}. Pass `np.ascontiguousarray(d, dtype=np.float64)`."
         )
-    kernels = _compiled()
-    if kernels is None:
-        raise RuntimeError("numba cannot be imported; check `available()` before calling `nn_chain_linkage`.")
-    nn_chain, label = kernels
+    kernels = _require()
+    nn_chain, label, _ = kernels
     z = nn_chain(dist, NN_CHAIN_METHODS[method])
     z = z[np.argsort(z[:, 2], kind="mergesort")]
     label(z, dist.shape[0])

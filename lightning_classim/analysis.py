@@ -453,15 +453,18 @@ class _Distances:
         """The scipy linkage matrix of the distances.
 
         For the nearest-neighbour chain methods it comes from the compiled kernel (:mod:`._kernels`: equal to
-        scipy's, faster, and without holding the GIL), on a square copy of the distances; the condensed vector is let
-        go meanwhile when nothing later needs it (linear distances from the tree's cophenetic route on), to bound the
-        memory at 10,000 classes.
+        scipy's, faster, and without holding the GIL), on a square copy of the distances. When the distances are
+        ``1 - s`` and the cophenetic correlation will come from the tree (1,500 classes on), the condensed vector is
+        let go first and the square made from the matrix, so that the peak memory stays that of scipy's linkage
+        (which copies the condensed vector).
         """
         if not (method in _kernels.NN_CHAIN_METHODS and _kernels.available()):
             return scipy_linkage(self.condensed, method=method)
-        square = squareform(self.condensed, checks=False)
         if self.linear and self.sim.shape[0] >= _TREE_COPHENET_MIN:
             self._condensed = None
+            square = _kernels.one_minus(self.sim)
+        else:
+            square = squareform(self.condensed, checks=False)
         return _kernels.nn_chain_linkage(square, method)
 
     def _transform(self, s: np.ndarray) -> np.ndarray:

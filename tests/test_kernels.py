@@ -43,6 +43,13 @@ def test_nn_chain_equals_scipy_bit_for_bit(method: str, case: str) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def test_one_minus_takes_the_upper_triangle_as_scipy_does() -> None:
+    rng = np.random.default_rng(2)
+    sim = rng.uniform(-1, 1, (150, 150))  # not symmetric: the upper triangle decides, as in squareform; 3 tiles
+    expected = squareform(squareform(1.0 - sim, checks=False))
+    np.testing.assert_array_equal(_kernels.one_minus(sim), expected)
+
+
 def test_nn_chain_rejects_a_matrix_it_cannot_work_in() -> None:
     d = squareform(np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"`dist` to be a square C-contiguous float64 matrix, but got dtype float32"):

@@ -185,7 +185,7 @@ def main() -> None:
         )
         floors.append((m, t_link, required_steps(sim, repeats)))
     print(
-        "\n| m | scipy linkage (bare) | compiled linkage (+ squareform) | speed-up | longest stall of the main "
+        "\n| m | scipy linkage (bare) | compiled linkage (with its square matrix) | speed-up | longest stall of the main "
         "thread while analyze runs on a worker thread: compiled / scipy's linkage |"
     )
     print("| --- | --- | --- | --- | --- |")

@@ -185,8 +185,8 @@ def main() -> None:
         )
         floors.append((m, t_link, required_steps(sim, repeats)))
     print(
-        "\n| m | scipy linkage (bare) | compiled linkage (with its square matrix) | speed-up | longest stall of the main "
-        "thread while analyze runs on a worker thread: compiled / scipy's linkage |"
+        "\n| m | scipy linkage (bare) | compiled linkage (with its square matrix) | speed-up | "
+        "longest stall of the main thread while analyze runs on a worker thread: compiled / scipy's linkage |"
     )
     print("| --- | --- | --- | --- | --- |")
     for m, t_bare, t_ours, stall_ours, stall_scipy in kernels:

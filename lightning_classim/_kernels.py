@@ -3,8 +3,8 @@
 :func:`nn_chain_linkage` gives the linkage matrix of :func:`scipy.cluster.hierarchy.linkage` for the methods that
 scipy computes with its nearest-neighbour chain (complete, average, weighted, ward), bit for bit: the same scan
 order, the same tie rule (the previous element of the chain first, then the lowest index), the same Lance-Williams
-formulas evaluated in the same order, the same stable sort by height and the same relabelling. It is faster (2.5-3.7x
-on 1,000-10,000 classes, ``benchmarks/bench_structure.py``) because it scans and updates contiguous rows of a square
+formulas evaluated in the same order, the same stable sort by height and the same relabelling. It is faster (2.3-2.9x
+at 1,000-4,000 classes, ``benchmarks/bench_structure.py``) because it scans and updates contiguous rows of a square
 matrix over a sorted list of the clusters still active, where scipy scans its condensed vector (strided for half of
 every row) over all ``m`` slots and calls the update formula through a pointer. And it releases the GIL, so that an
 analysis on the callback's worker thread does not stall the training thread (scipy's linkage holds the GIL

@@ -1,6 +1,7 @@
 """Structure analysis of a class-similarity matrix: ordering, groups, summaries, and structure metrics.
 
-Everything here runs on the CPU with numpy/scipy, is deterministic (the same input gives the same output), and
+Everything here runs on the CPU with numpy/scipy (and a compiled copy of scipy's nearest-neighbour-chain linkage,
+:mod:`._kernels`, equal to it bit for bit), is deterministic (the same input gives the same output), and
 works up to tens of thousands of classes: the leaf order comes from :func:`scipy.cluster.hierarchy.leaves_list`
 or from an iterative traversal, never from the recursive ``dendrogram()``.
 

@@ -22,7 +22,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -164,29 +164,352 @@ def _mirror_upper(out: np.ndarray) -> None:  # pragma: no cover - compiled
                 out[j, i] = out[i, j]
 
 
+def _max_asymmetry(mat: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Max ``|M - M^T|`` in 64 x 64 tiles; NaN or infinite as soon as an entry is not finite."""
+    m = mat.shape[0]
+    tile = 64
+    worst = 0.0
+    for bi in range(0, m, tile):
+        ie = min(bi + tile, m)
+        for i in range(bi, ie):
+            if not math.isfinite(mat[i, i]):
+                return mat[i, i] - mat[i, i]
+        for bj in range(bi, m, tile):
+            je = min(bj + tile, m)
+            for j in range(bj, je):
+                for i in range(bi, min(ie, j)):
+                    diff = abs(mat[i, j] - mat[j, i])
+                    if not diff <= worst:
+                        worst = diff
+                        if not math.isfinite(diff):
+                            return diff
+    return worst
+
+
+def _upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:  # pragma: no cover - compiled
+    """Mean, sums of squared and cubed deviations from it, and maximum of the upper triangle (two passes)."""
+    m = mat.shape[0]
+    total = 0.0
+    top = -np.inf
+    for i in range(m - 1):
+        row = mat[i]
+        for j in range(i + 1, m):
+            total += row[j]
+            top = max(top, row[j])
+    mean = total / (m * (m - 1) // 2)
+    s2 = 0.0
+    s3 = 0.0
+    for i in range(m - 1):
+        row = mat[i]
+        for j in range(i + 1, m):
+            c = row[j] - mean
+            c2 = c * c
+            s2 += c2
+            s3 += c2 * c
+    return mean, s2, s3, top
+
+
+def _cross_sums(
+    mat: np.ndarray, order: np.ndarray, start: np.ndarray, split: np.ndarray, end: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Sum of ``mat`` over the pairs that each merge joins: ``order[start:split]`` with ``order[split:end]``."""
+    cross = np.empty(start.shape[0])
+    for r in range(start.shape[0]):
+        acc = 0.0
+        for a in range(start[r], split[r]):
+            row = mat[order[a]]
+            for b in range(split[r], end[r]):
+                acc += row[order[b]]
+        cross[r] = acc
+    return cross
+
+
+def _tree_ranges(kids: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Where each merge sits along a leaf order: first child at ``[start, split)``, the other at ``[split, end)``."""
+    m = order.shape[0]
+    lo = np.empty(2 * m - 1, dtype=np.int64)
+    hi = np.empty(2 * m - 1, dtype=np.int64)
+    for p in range(m):
+        lo[order[p]] = p
+        hi[order[p]] = p + 1
+    split = np.empty(m - 1, dtype=np.int64)
+    for r in range(m - 1):
+        a = kids[r, 0]
+        b = kids[r, 1]
+        if lo[a] > lo[b]:
+            a, b = b, a
+        lo[m + r] = lo[a]
+        split[r] = lo[b]
+        hi[m + r] = hi[b]
+    return lo[m:].copy(), split, hi[m:].copy()
+
+
+def _leaves(kids: np.ndarray, keys: np.ndarray, keyed: bool) -> np.ndarray:  # pragma: no cover - compiled
+    """Leaf order (first child first, or with ``keyed`` the child of smaller mean key first), without recursion."""
+    m = kids.shape[0] + 1
+    mean = np.empty(2 * m - 1)
+    if keyed:
+        total = np.empty(2 * m - 1)
+        count = np.empty(2 * m - 1)
+        for i in range(m):
+            total[i] = keys[i]
+            count[i] = 1.0
+        for r in range(m - 1):
+            total[m + r] = total[kids[r, 0]] + total[kids[r, 1]]
+            count[m + r] = count[kids[r, 0]] + count[kids[r, 1]]
+        for i in range(2 * m - 1):
+            mean[i] = total[i] / count[i]
+    out = np.empty(m, dtype=np.int64)
+    stack = np.empty(m, dtype=np.int64)
+    stack[0] = 2 * m - 2
+    depth = 1
+    n = 0
+    while depth:
+        depth -= 1
+        node = stack[depth]
+        if node < m:
+            out[n] = node
+            n += 1
+            continue
+        a = kids[node - m, 0]
+        b = kids[node - m, 1]
+        if keyed and mean[a] > mean[b]:
+            a, b = b, a
+        stack[depth] = b
+        stack[depth + 1] = a
+        depth += 2
+    return out
+
+
+def _cluster_rows(mat: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Row sums per cluster ``(k, m)`` and the block sums ``(k, k)``: one pass over ``mat``."""
+    m = mat.shape[0]
+    rows = np.zeros((k, m))
+    for i in range(m):
+        dst = rows[labels[i]]
+        src = mat[i]
+        for j in range(m):
+            dst[j] += src[j]
+    block = np.zeros((k, k))
+    for f in range(k):
+        row = rows[f]
+        for j in range(m):
+            block[f, labels[j]] += row[j]
+    return rows, block
+
+
+def _nested_silhouettes(
+    cum: np.ndarray, size_cum: np.ndarray, starts: np.ndarray, fine_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Mean silhouette of nested cuts whose groups are runs of consecutive fine clusters.
+
+    ``cum[f, i]``: the distance sum of class ``i`` (a sampled class) to the fine clusters before ``f``;
+    ``size_cum[f]``: their size; ``starts[c, f]``: whether fine cluster ``f`` starts a group in cut ``c`` (each cut
+    refining the previous one); ``fine_of[i]``: the fine cluster of class ``i``. A group's mean distance to a class
+    is at least the smallest of its parts', so the nearest other group ``b`` only needs the groups that are new in
+    each cut. Returns the mean silhouette and the number of groups of every cut.
+    """
+    n_cuts, n_fine = starts.shape
+    n = cum.shape[1]
+    score = np.zeros(n_cuts)
+    n_groups = np.zeros(n_cuts, dtype=np.int64)
+    nearest = np.full(n, np.inf)
+    before = np.zeros(n_fine + 1, dtype=np.bool_)  # group boundaries of the previous cut
+    group_start = np.empty(n_fine, dtype=np.int64)  # the first fine cluster of the group of each fine cluster
+    group_end = np.empty(n_fine, dtype=np.int64)
+    for c in range(n_cuts):
+        s = 0
+        k = 0
+        for f in range(1, n_fine + 1):
+            if f == n_fine or starts[c, f]:
+                for g in range(s, f):
+                    group_start[g] = s
+                    group_end[g] = f
+                if not (before[s] and before[f]):  # a new group: a possible nearest group for the classes outside
+                    size = size_cum[f] - size_cum[s]
+                    for i in range(n):
+                        if fine_of[i] < s or fine_of[i] >= f:
+                            mean = (cum[f, i] - cum[s, i]) / size
+                            if mean < nearest[i]:
+                                nearest[i] = mean
+                s = f
+                k += 1
+        for f in range(n_fine + 1):
+            before[f] = f == 0 or f == n_fine or starts[c, f]
+        n_groups[c] = k
+        total = 0.0
+        for i in range(n):
+            s = group_start[fine_of[i]]
+            f = group_end[fine_of[i]]
+            size = size_cum[f] - size_cum[s]
+            if size > 1:
+                own = (cum[f, i] - cum[s, i]) / (size - 1)
+                b = nearest[i]
+                top = own if own > b else b
+                if top < 1e-300:
+                    top = 1e-300
+                total += (b - own) / top
+        score[c] = total / n
+    return score, n_groups
+
+
+def _fuzzy_cmeans(
+    x: np.ndarray, runs: np.ndarray, first: np.ndarray, draws: np.ndarray, iters: int, tol: float
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Fuzzy c-means (fuzzifier 1.5) of the rows of ``x`` for every run at once, from k-means++ seeds.
+
+    Run ``r`` has ``runs[r]`` clusters, the columns ``offset[r]:offset[r] + runs[r]`` of the memberships. Its seeds:
+    the row ``first[r]``, then for ``j >= 1`` the row at which the cumulative squared distance to the nearest seed so
+    far reaches ``draws[j - 1, r]`` times its total (a uniform row if all distances are 0). The matrix products go to
+    BLAS, the element-wise steps of an iteration are one pass. Returns the memberships ``(m, sum(runs))`` and the
+    objective of every run.
+    """
+    m, dim = x.shape
+    n_runs = runs.shape[0]
+    offset = np.zeros(n_runs + 1, dtype=np.int64)
+    for r in range(n_runs):
+        offset[r + 1] = offset[r] + runs[r]
+    total = offset[n_runs]
+    sq_rows = np.empty(m, dtype=x.dtype)
+    for i in range(m):
+        acc = x.dtype.type(0.0)
+        for t in range(dim):
+            acc += x[i, t] * x[i, t]
+        sq_rows[i] = acc
+    # k-means++ seeds, the j-th seed of every run that has one at each step
+    centres = np.empty((total, dim), dtype=x.dtype)
+    nearest = np.empty((n_runs, m), dtype=x.dtype)
+    xt = np.ascontiguousarray(x.T)
+    chosen = first.copy()
+    widest = 0
+    for r in range(n_runs):
+        widest = max(widest, runs[r])
+    for j in range(widest):
+        rows = np.empty((n_runs, dim), dtype=x.dtype)
+        for r in range(n_runs):
+            rows[r] = x[chosen[r]]
+        prod = np.dot(rows, xt)  # (runs, m)
+        for r in range(n_runs):
+            if j >= runs[r]:
+                continue
+            p = chosen[r]
+            centres[offset[r] + j] = x[p]
+            for i in range(m):
+                d = sq_rows[i] + sq_rows[p] - 2 * prod[r, i]
+                d = max(d, x.dtype.type(0.0))
+                nearest[r, i] = d if j == 0 else min(nearest[r, i], d)
+            if j + 1 < runs[r]:
+                cum = 0.0
+                for i in range(m):
+                    cum += nearest[r, i]
+                if cum <= 0.0:  # every row coincides with a seed
+                    chosen[r] = min(int(draws[j, r] * m), m - 1)
+                else:
+                    target = draws[j, r] * cum
+                    acc = 0.0
+                    pick = m - 1
+                    for i in range(m):
+                        acc += nearest[r, i]
+                        if acc > target:
+                            pick = i
+                            break
+                    chosen[r] = pick
+    u = np.empty((m, total), dtype=x.dtype)
+    w = np.empty((m, total), dtype=x.dtype)
+    d2 = np.empty((m, total), dtype=x.dtype)
+    sq_c = np.empty(total, dtype=x.dtype)
+    for it in range(iters):
+        if it:
+            colsum = np.zeros(total)
+            for i in range(m):
+                for c in range(total):
+                    w[i, c] = u[i, c] * math.sqrt(u[i, c])
+                    colsum[c] += w[i, c]
+            centres = np.dot(w.T, x)
+            for c in range(total):
+                for t in range(dim):
+                    centres[c, t] /= colsum[c]
+        for c in range(total):
+            acc = x.dtype.type(0.0)
+            for t in range(dim):
+                acc += centres[c, t] * centres[c, t]
+            sq_c[c] = acc
+        prod = np.dot(x, np.ascontiguousarray(centres.T))
+        change = 0.0
+        for i in range(m):
+            for r in range(n_runs):
+                norm = 0.0
+                for c in range(offset[r], offset[r + 1]):
+                    d = max(sq_rows[i] + sq_c[c] - 2 * prod[i, c], 1e-12)
+                    d2[i, c] = d
+                    v = 1.0 / d
+                    v = v * v  # d^(-2 / (1.5 - 1))
+                    w[i, c] = v
+                    norm += v
+                for c in range(offset[r], offset[r + 1]):
+                    v = w[i, c] / norm
+                    if it:
+                        change = max(change, abs(v - u[i, c]))
+                    u[i, c] = v
+        if it and change < tol:
+            break
+    objective = np.zeros(n_runs)
+    for i in range(m):
+        for r in range(n_runs):
+            for c in range(offset[r], offset[r + 1]):
+                objective[r] += u[i, c] * math.sqrt(u[i, c]) * d2[i, c]
+    return u, objective
+
+
+class _Compiled(NamedTuple):
+    nn_chain: Callable[..., Any]
+    label: Callable[..., Any]
+    mirror_upper: Callable[..., Any]
+    max_asymmetry: Callable[..., Any]
+    upper_moments: Callable[..., Any]
+    cross_sums: Callable[..., Any]
+    tree_ranges: Callable[..., Any]
+    leaves: Callable[..., Any]
+    cluster_rows: Callable[..., Any]
+    nested_silhouettes: Callable[..., Any]
+    fuzzy_cmeans: Callable[..., Any]
+
+
 @functools.cache
-def _compiled() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]] | None:
+def _compiled() -> _Compiled | None:
     """The compiled kernels, or ``None`` (with a warning) if numba cannot be imported."""
     try:
         import numba
     except Exception as err:  # pragma: no cover - depends on the installation
         warnings.warn(
-            f"numba could not be imported ({err!r}), so the structure analysis uses scipy's linkage (slower, and it "
-            "holds the GIL). Reinstall numba, or set LIGHTNING_CLASSIM_NUMBA=0 to silence this warning.",
+            f"numba could not be imported ({err!r}), so the structure analysis uses scipy's linkage and numpy (slower, "
+            "and they hold the GIL). Reinstall numba, or set LIGHTNING_CLASSIM_NUMBA=0 to silence this warning.",
             RuntimeWarning,
             stacklevel=3,
         )
         return None
     jit = numba.njit(cache=True, nogil=True)
-    return jit(_nn_chain), jit(_label), jit(_mirror_upper)
+    return _Compiled(
+        nn_chain=jit(_nn_chain),
+        label=jit(_label),
+        mirror_upper=jit(_mirror_upper),
+        max_asymmetry=jit(_max_asymmetry),
+        upper_moments=jit(_upper_moments),
+        cross_sums=jit(_cross_sums),
+        tree_ranges=jit(_tree_ranges),
+        leaves=jit(_leaves),
+        cluster_rows=jit(_cluster_rows),
+        nested_silhouettes=jit(_nested_silhouettes),
+        fuzzy_cmeans=jit(_fuzzy_cmeans),
+    )
 
 
 def available() -> bool:
-    """Whether :func:`nn_chain_linkage` can run: :data:`ENABLED` and numba imports."""
+    """Whether the compiled kernels can run: :data:`ENABLED` and numba imports."""
     return ENABLED and _compiled() is not None
 
 
-def _require() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+def _require() -> _Compiled:
     kernels = _compiled()
     if kernels is None:
         raise RuntimeError("numba cannot be imported; check `available()` before calling the compiled kernels.")
@@ -205,7 +528,7 @@ def one_minus(sim: np.ndarray) -> np.ndarray:
         [[0.0, 0.75], [0.75, 0.0]]
     """
     out = np.subtract(1.0, sim)
-    _require()[2](out)
+    _require().mirror_upper(out)
     return out
 
 
@@ -234,8 +557,87 @@ def nn_chain_linkage(dist: np.ndarray, method: str) -> np.ndarray:
             f"shape {dist.shape}. Pass `np.ascontiguousarray(d, dtype=np.float64)`."
         )
     kernels = _require()
-    nn_chain, label, _ = kernels
-    z = nn_chain(dist, NN_CHAIN_METHODS[method])
+    z = kernels.nn_chain(dist, NN_CHAIN_METHODS[method])
     z = z[np.argsort(z[:, 2], kind="mergesort")]
-    label(z, dist.shape[0])
+    kernels.label(z, dist.shape[0])
     return z
+
+
+def nested_silhouettes(
+    cum: np.ndarray, size_cum: np.ndarray, starts: np.ndarray, fine_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean silhouette of nested cuts whose groups are runs of fine clusters (see ``analysis._silhouettes_nested``).
+
+    Args:
+        cum: ``(n_fine + 1, n)`` cumulative distance sums of the ``n`` sampled classes over the fine clusters.
+        size_cum: ``(n_fine + 1,)`` cumulative sizes of the fine clusters.
+        starts: ``(cuts, n_fine)`` whether each fine cluster starts a group, per cut (each refining the previous).
+        fine_of: ``(n,)`` the fine cluster of each sampled class.
+
+    Returns:
+        The mean silhouette and the number of groups of every cut.
+    """
+    return _require().nested_silhouettes(
+        np.ascontiguousarray(cum, dtype=np.float64),
+        np.ascontiguousarray(size_cum, dtype=np.float64),
+        np.ascontiguousarray(starts, dtype=np.bool_),
+        np.ascontiguousarray(fine_of, dtype=np.int64),
+    )
+
+
+def mirror_upper(out: np.ndarray) -> None:
+    """Copy the upper triangle of the square ``out`` onto its lower one and zero its diagonal, in place."""
+    _require().mirror_upper(out)
+
+
+def max_asymmetry(mat: np.ndarray) -> float:
+    """Max ``|M - M^T|`` of a square float64 matrix; NaN or infinite if it holds a value that is not finite.
+
+    Example:
+        >>> import numpy as np
+        >>> max_asymmetry(np.array([[1.0, 0.5], [0.25, 1.0]]))
+        0.25
+    """
+    return float(_require().max_asymmetry(np.ascontiguousarray(mat, dtype=np.float64)))
+
+
+def upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, sums of squared and cubed deviations from the mean, and maximum of the upper triangle (``k = 1``).
+
+    Example:
+        >>> import numpy as np
+        >>> upper_moments(np.array([[1.0, 0.0, 3.0], [0.0, 1.0, 3.0], [3.0, 3.0, 1.0]]))
+        (2.0, 6.0, -6.0, 3.0)
+    """
+    mean, s2, s3, top = _require().upper_moments(np.ascontiguousarray(mat, dtype=np.float64))
+    return float(mean), float(s2), float(s3), float(top)
+
+
+def leaf_order(kids: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+    """Leaf order of a tree given by the children of its merges (``linkage[:, :2]``), without recursion.
+
+    As scipy's ``leaves_list`` (first child first), or with ``keys`` (one per leaf) the child whose leaves have the
+    smaller mean key first.
+    """
+    keyed = keys is not None
+    values = np.ascontiguousarray(keys, dtype=np.float64) if keyed else np.zeros(0)
+    return _require().leaves(np.ascontiguousarray(kids, dtype=np.int64), values, keyed).astype(np.intp)
+
+
+def merge_ranges(kids: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each merge sits along a leaf order: ``[start, split)`` holds its first child there, ``[split, end)``."""
+    start, split, end = _require().tree_ranges(
+        np.ascontiguousarray(kids, dtype=np.int64), np.ascontiguousarray(order, dtype=np.int64)
+    )
+    return start.astype(np.intp), split.astype(np.intp), end.astype(np.intp)
+
+
+def merge_cross_sums(mat: np.ndarray, order: np.ndarray, ranges: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Sum of ``mat`` over the pairs of classes that each merge joins (``ranges`` from :func:`merge_ranges`)."""
+    start, split, end = (np.ascontiguousarray(r, dtype=np.int64) for r in ranges)
+    return _require().cross_sums(mat, np.ascontiguousarray(order, dtype=np.int64), start, split, end)
+
+
+def cluster_rows(mat: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row sums per cluster ``(k, m)`` (row ``c`` sums the rows of cluster ``c``) and the ``(k, k)`` block sums."""
+    return _require().cluster_rows(mat, np.ascontiguousarray(labels, dtype=np.int64), k)

@@ -292,7 +292,7 @@ def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float 
         atol: tolerated asymmetry.
 
     Returns:
-        The matrix as float64 (a copy only if it was not float64 numpy already).
+        The matrix as C-contiguous float64 (a copy only if it was not one already).
 
     Raises:
         ValueError: if it is not 2-d and square, has fewer than 2 classes, holds NaN or infinite values, or is not
@@ -300,7 +300,7 @@ def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float 
     """
     if hasattr(similarity, "detach"):
         similarity = similarity.detach().cpu().double().numpy()
-    mat = np.asarray(similarity, dtype=np.float64)
+    mat = np.ascontiguousarray(similarity, dtype=np.float64)
     if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
         raise ValueError(
             f"Expected argument `{name}` to be a square (m, m) matrix, but got shape {mat.shape}. "
@@ -309,7 +309,7 @@ def as_similarity_matrix(similarity: Any, name: str = "similarity", atol: float 
     if mat.shape[0] < 2:
         raise ValueError(f"Expected argument `{name}` to have at least 2 classes, but got shape {mat.shape}.")
     # one tile pass: a non-finite entry makes its tile's difference NaN or infinite, so finiteness comes for free
-    asym = _max_asymmetry(mat)
+    asym = _kernels.max_asymmetry(mat) if _kernels.available() else _max_asymmetry(mat)
     if not math.isfinite(asym):
         bad = np.unique(np.nonzero(~np.isfinite(mat))[0])
         raise ValueError(
@@ -421,61 +421,59 @@ class _Distances:
     def __init__(self, sim: np.ndarray, distance: DistanceKind, method: str) -> None:
         self.sim = sim
         self.euclid = method in _EUCLIDEAN_METHODS
-        pairs = _condensed(sim)  # similarities, each pair once
-        self.n_pairs = pairs.size
-        self.mean, self.s2, s3 = _centred_moments(pairs)
-        self.moments = _moments_to_stats(pairs.size, self.mean, self.s2, s3)
-        self.square: np.ndarray | None = None
-        self._condensed: np.ndarray | None = None
-        self.linear = False
-        if distance == "rows":
-            del pairs
-            self.square = _row_distances(sim)
-            self._condensed = _condensed(self.square)
-            return
-        d = np.subtract(1.0, pairs, out=pairs)
-        if self.euclid:
-            np.maximum(d, 0.0, out=d)
-            np.sqrt(np.multiply(d, 2.0, out=d), out=d)
-        elif float(d.min()) < 0.0:
-            np.maximum(d, 0.0, out=d)
+        m = sim.shape[0]
+        self.n_pairs = m * (m - 1) // 2
+        if _kernels.available():
+            self.mean, self.s2, s3, top = _kernels.upper_moments(sim)
         else:
-            self.linear = True
-        self._condensed = d
+            pairs = _condensed(sim)  # similarities, each pair once
+            self.mean, self.s2, s3 = _centred_moments(pairs)
+            top = float(pairs.max())
+            del pairs
+        self.moments = _moments_to_stats(self.n_pairs, self.mean, self.s2, s3)
+        self.square = _row_distances(sim) if distance == "rows" else None
+        self.linear = self.square is None and not self.euclid and top <= 1.0
+        self._condensed: np.ndarray | None = None
 
     @property
     def condensed(self) -> np.ndarray:
-        """The condensed distance vector of scipy (made again from the matrix if :meth:`linkage` let it go)."""
+        """The condensed distance vector of scipy, made on first use."""
         if self._condensed is None:
-            self._condensed = self._transform(_condensed(self.sim))
+            self._condensed = (
+                _condensed(self.square) if self.square is not None else self._transform(_condensed(self.sim))
+            )
         return self._condensed
 
     def linkage(self, method: str) -> np.ndarray:
         """The scipy linkage matrix of the distances.
 
         For the nearest-neighbour chain methods it comes from the compiled kernel (:mod:`._kernels`: equal to
-        scipy's, faster, and without holding the GIL), on a square copy of the distances. When the distances are
-        ``1 - s`` and the cophenetic correlation will come from the tree (1,500 classes on), the condensed vector is
-        let go first and the square made from the matrix, so that the peak memory stays that of scipy's linkage
-        (which copies the condensed vector).
+        scipy's, faster, and without holding the GIL), on a square matrix of the distances made straight from the
+        similarity (or a copy of the row distances): the condensed vector is not made at all.
         """
         if not (method in _kernels.NN_CHAIN_METHODS and _kernels.available()):
             return scipy_linkage(self.condensed, method=method)
-        if self.linear and self.sim.shape[0] >= _TREE_COPHENET_MIN:
-            self._condensed = None
+        if self.square is not None:
+            square = self.square.copy()
+        elif self.linear:
             square = _kernels.one_minus(self.sim)
         else:
-            square = squareform(self.condensed, checks=False)
+            square = self._transform(self.sim.copy())
+            _kernels.mirror_upper(square)
         return _kernels.nn_chain_linkage(square, method)
 
     def _transform(self, s: np.ndarray) -> np.ndarray:
-        d = np.maximum(1.0 - s, 0.0)
-        return np.sqrt(2.0 * d, out=d) if self.euclid else d
+        """The distances of similarities ``s``, computed in place (``s`` is overwritten)."""
+        d = np.subtract(1.0, s, out=s)
+        np.maximum(d, 0.0, out=d)
+        if self.euclid:
+            np.sqrt(np.multiply(d, 2.0, out=d), out=d)
+        return d
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         if self.square is not None:
             return self.square[idx]
-        d = self._transform(self.sim[idx])
+        d = self._transform(self.sim[idx])  # a copy: fancy indexing
         d[np.arange(len(idx)), idx] = 0.0
         return d
 
@@ -518,6 +516,8 @@ def _merge_ranges(z: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndar
 
     ``[start, split)`` holds the classes of its first child along the order, ``[split, end)`` those of the second.
     """
+    if _kernels.available():
+        return _kernels.merge_ranges(_children(z), order)
     m = order.shape[0]
     pos = np.empty(m, dtype=np.intp)
     pos[order] = np.arange(m)
@@ -602,6 +602,8 @@ def _leaf_order(z: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
     """
     m = z.shape[0] + 1
     kids = _children(z)
+    if _kernels.available():
+        return _kernels.leaf_order(kids, keys)
     if keys is None:
         return leaves_list(z).astype(np.intp)
     total = np.zeros(2 * m - 1)
@@ -732,6 +734,9 @@ def _silhouettes_nested(
     k_arr = np.asarray(list(ks))
     starts_mask = np.ones((k_arr.shape[0], n_fine), dtype=bool)
     starts_mask[:, 1:] = gap[None, :] > _maxclust_heights(z, k_arr)[:, None]
+    if _kernels.available():
+        score, n_seg = _kernels.nested_silhouettes(cum, size_cum, starts_mask, fine[rows])
+        return {int(k): float(score[i]) for i, k in enumerate(k_arr) if n_seg[i] >= 2}
     seg_of_fine = np.cumsum(starts_mask, axis=1) - 1  # group of each fine cluster, per cut
     n_seg = seg_of_fine[:, -1] + 1
     offsets = np.concatenate([[0], np.cumsum(n_seg)[:-1]])
@@ -978,6 +983,8 @@ def _cluster_rows(sim: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarr
 
     A sparse indicator product: one pass over ``sim`` whatever ``k`` is.
     """
+    if _kernels.available():
+        return _kernels.cluster_rows(sim, labels, k)
     m = sim.shape[0]
     indicator = csr_matrix((np.ones(m), (labels, np.arange(m))), shape=(k, m))
     rows = np.asarray(indicator @ sim)
@@ -1462,6 +1469,8 @@ def analyze(
     cross = None
     if ranges is not None and dist.linear and m >= _TREE_COPHENET_MIN:
         cross = _merge_cross_sums(block_sums, tree_order, ranges)
+    if cross is None and ranges is not None and dist.linear and _kernels.available():
+        cross = _kernels.merge_cross_sums(sim, tree_order, ranges)
     if cross is not None:
         sizes = _child_sizes(z)
         coph_dot_d = float(z[:, 2] @ (sizes[:, 0] * sizes[:, 1] - cross))

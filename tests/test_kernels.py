@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from scipy.cluster.hierarchy import cophenet, linkage
+from scipy.cluster.hierarchy import cophenet, leaves_list, linkage, to_tree
 from scipy.spatial.distance import squareform
 
 from lightning_classim import _kernels, analyze
@@ -80,14 +80,38 @@ def test_analyze_gives_the_same_result_with_and_without_the_kernel(
     assert with_kernel.metrics == pytest.approx(without.metrics, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"distance": "rows"}, {"clip_negative": True, "method": "average"}, {"method": "weighted", "n_groups": 4}],
+    ids=["rows", "clipped", "weighted"],
+)
+def test_analyze_with_options_is_the_same_with_and_without_the_kernels(
+    options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = _planted_similarity(200, 5, seed=3) - 0.1  # some similarities below 0, for the clipping
+    np.fill_diagonal(sim, 1.0)
+    earlier = analyze(_planted_similarity(200, 5, seed=4))
+    with_kernel = analyze(sim, previous=earlier, **options)
+    monkeypatch.setattr(_kernels, "ENABLED", False)
+    without = analyze(sim, previous=earlier, **options)
+    for field in ("linkage", "order", "groups"):
+        np.testing.assert_array_equal(getattr(with_kernel, field), getattr(without, field))
+    assert with_kernel.metrics == pytest.approx(without.metrics, rel=1e-9)
+    assert [f.members for f in with_kernel.failed_groups] == [f.members for f in without.failed_groups]
+
+
 def _distances(sim: np.ndarray, method: str) -> np.ndarray:
     d = np.maximum(1.0 - sim, 0.0)
     return np.sqrt(2.0 * d) if method in ("ward", "centroid", "median") else d
 
 
-def test_large_analysis_rebuilds_the_distances_it_let_go() -> None:
-    # 1,600 classes: the condensed vector is dropped during the compiled linkage; one block of 1,500 classes makes the
-    # cophenetic correlation fall back to all pairs, which needs it again
+@pytest.mark.parametrize("compiled", [True, False])
+def test_large_analysis_cophenetic_correlation_without_the_condensed_vector(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,600 classes: one block of 1,500 classes is too large for the cophenetic sums from the fine block sums, so they
+    # come from the compiled cross sums over the tree (or, without the kernels, scipy's cophenet on all pairs)
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
     rng = np.random.default_rng(1)
     rows = np.concatenate([np.ones((1500, 1)) * 3, np.zeros((100, 1))]) + rng.standard_normal((1600, 4))
     sim = np.corrcoef(rows)
@@ -96,6 +120,89 @@ def test_large_analysis_rebuilds_the_distances_it_let_go() -> None:
     z = linkage(y, "complete")
     np.testing.assert_array_equal(result.linkage, z)
     assert result.metrics["cophenetic_corr"] == pytest.approx(cophenet(z, y)[0], rel=1e-9)
+
+
+def _random_tree(m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sim = np.corrcoef(rng.standard_normal((m, 6)))
+    return sim, linkage(squareform(1.0 - sim, checks=False), "average")
+
+
+def test_max_asymmetry_and_non_finite_entries() -> None:
+    rng = np.random.default_rng(3)
+    mat = rng.uniform(-1, 1, (150, 150))  # 3 tiles of 64, the last one partial
+    assert _kernels.max_asymmetry(mat) == np.abs(mat - mat.T).max()
+    sym = (mat + mat.T) / 2
+    assert _kernels.max_asymmetry(sym) == 0.0
+    for index, value in [((5, 140), np.nan), ((140, 5), np.inf), ((77, 77), -np.inf), ((149, 149), np.nan)]:
+        bad = sym.copy()
+        bad[index] = value
+        assert not np.isfinite(_kernels.max_asymmetry(bad)), index
+
+
+def test_upper_moments_as_numpy() -> None:
+    rng = np.random.default_rng(4)
+    mat = rng.standard_normal((130, 130)) ** 3  # skewed; the lower triangle is ignored
+    pairs = mat[np.triu_indices(130, k=1)]
+    c = pairs - pairs.mean()
+    expected = (pairs.mean(), float(np.sum(c**2)), float(np.sum(c**3)), pairs.max())
+    assert _kernels.upper_moments(mat) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 3, 64, 257])
+def test_leaf_order_is_scipys_leaves_list(m: int) -> None:
+    _, z = _random_tree(m, m)
+    np.testing.assert_array_equal(_kernels.leaf_order(z[:, :2]), leaves_list(z))
+
+
+def test_leaf_order_of_a_deep_chain() -> None:
+    # 5,000 merges deep: every class joins the cluster of all before it (recursion would fail)
+    m = 5000
+    z = np.column_stack([np.arange(m - 1), np.r_[0, np.arange(m, 2 * m - 2)], np.arange(1, m), np.arange(2, m + 1)])
+    z[0, :2] = [0, 1]
+    z[1:, 0] = np.arange(2, m)
+    np.testing.assert_array_equal(_kernels.leaf_order(z[:, :2]), leaves_list(z.astype(np.float64)))
+
+
+def test_leaf_order_with_keys_puts_the_child_of_smaller_mean_key_first() -> None:
+    _, z = _random_tree(40, 7)
+    keys = np.random.default_rng(8).permutation(40).astype(np.float64)
+    root = to_tree(z)
+
+    def visit(node: object) -> list[int]:  # reference: recursive, on scipy's tree
+        if node.is_leaf():  # type: ignore[attr-defined]
+            return [node.id]  # type: ignore[attr-defined]
+        left, right = node.get_left(), node.get_right()  # type: ignore[attr-defined]
+        if keys[left.pre_order()].mean() > keys[right.pre_order()].mean():
+            left, right = right, left
+        return visit(left) + visit(right)
+
+    np.testing.assert_array_equal(_kernels.leaf_order(z[:, :2], keys), visit(root))
+
+
+def test_merge_ranges_and_cross_sums_against_scipys_tree() -> None:
+    sim, z = _random_tree(90, 9)
+    order = leaves_list(z)
+    start, split, end = _kernels.merge_ranges(z[:, :2], order)
+    cross = _kernels.merge_cross_sums(sim, order, (start, split, end))
+    nodes = to_tree(z, rd=True)[1]
+    for r in range(89):
+        a = nodes[int(z[r, 0])].pre_order()
+        b = nodes[int(z[r, 1])].pre_order()
+        first, second = (a, b) if order.tolist().index(a[0]) < order.tolist().index(b[0]) else (b, a)
+        assert sorted(order[start[r] : split[r]].tolist()) == sorted(first)
+        assert sorted(order[split[r] : end[r]].tolist()) == sorted(second)
+        assert cross[r] == pytest.approx(sim[np.ix_(a, b)].sum(), rel=1e-12, abs=1e-12)
+
+
+def test_cluster_rows_as_indicator_products() -> None:
+    rng = np.random.default_rng(10)
+    mat = rng.standard_normal((70, 70))
+    labels = rng.integers(0, 6, 70)
+    indicator = np.eye(6)[labels].T  # (6, 70)
+    rows, block = _kernels.cluster_rows(mat, labels, 6)
+    np.testing.assert_allclose(rows, indicator @ mat, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(block, indicator @ mat @ indicator.T, rtol=1e-12, atol=1e-12)
 
 
 def test_environment_variable_turns_the_kernel_off() -> None:

@@ -10,18 +10,19 @@ For each m, on a similarity matrix of realistic structure (the correlation of lo
   would call it on the matrix: ``linkage(squareform(1 - S, checks=False), "complete")``; and, for reference, the
   bare ``linkage`` call on a condensed distance vector made beforehand (without the user's ``1 - S`` and
   ``squareform``, which cost about as much as the linkage itself at m = 10,000).
+* ``analyze, no failed groups``: the same with ``find_failed=False`` (no fuzzy c-means search for failed groups).
 * ``required steps``: the steps that any run of ``analyze`` needs whatever its options, each timed alone with the
-  package's own (fastest) code: the input check (symmetry and finiteness), the condensed ``1 - s`` pairs and their
-  moments, the bare linkage call, the leaf order, one pass of sums over groups, and the cophenetic correlation's
-  all-pairs product (below 1,500 classes). Their sum against the user's linkage call shows how much room a target
-  "analysis within 1.5x of the linkage" leaves for the silhouettes, summaries, split and failed groups.
-* ``analyze, scipy's linkage``: the same with the compiled linkage turned off (``LIGHTNING_CLASSIM_NUMBA=0``), i.e.
-  scipy's linkage inside.
+  package's own (fastest) code: the input check (symmetry and finiteness), the moments of the pairs, the linkage
+  (compiled, with the square matrix it works in), the leaf order, one pass of sums over groups, and the cophenetic
+  sums over the tree. Their sum against the user's linkage call shows how much room a target "analysis within 1.5x
+  of the linkage" leaves for the silhouettes, summaries, split and failed groups.
+* ``analyze, numpy and scipy only``: the same with the compiled kernels turned off (``LIGHTNING_CLASSIM_NUMBA=0``),
+  i.e. scipy's linkage inside.
 * ``linkage``: the compiled nearest-neighbour chain that ``analyze`` uses (``lightning_classim._kernels``, equal to
   scipy's bit for bit; timed with making the square matrix it works in, as ``analyze`` makes it) next to scipy's
   bare linkage call on a condensed vector.
 * ``stall``: the longest pause of a Python loop on the main thread while ``analyze`` runs on a worker thread (as the
-  callback's ``async_analysis`` does), with and without the compiled linkage: scipy's linkage holds the GIL.
+  callback's ``async_analysis`` does), with and without the compiled kernels: scipy's linkage holds the GIL.
 * ``render``: :func:`render_heatmap` (1024 px budget) plus :func:`save_png`, next to matplotlib ``imshow`` +
   ``savefig`` of the same ordered matrix at full resolution (one pixel per cell, as a user would to see every
   class).
@@ -62,32 +63,37 @@ def best_of(fn: object, repeats: int) -> float:
 
 def required_steps(sim: np.ndarray, repeats: int) -> dict[str, float]:
     """Best-of times of the steps every analysis needs (package internals: this is a benchmark, not an API)."""
-    from scipy.cluster.hierarchy import cophenet, leaves_list
+    from scipy.cluster.hierarchy import cophenet
 
-    from lightning_classim.analysis import _BlockSums, _Distances, as_similarity_matrix
+    from lightning_classim.analysis import _BlockSums, _Distances, _leaf_order, _merge_ranges, as_similarity_matrix
 
     m = sim.shape[0]
     condensed = squareform(1 - sim, checks=False)
     z = linkage(condensed, "complete")
+    order = _leaf_order(z)
+    ranges = _merge_ranges(z, order)
     labels = np.arange(m) % max(2, min(120, m // 2))
+    compiled = _kernels.available()
     steps = {
         "input check": lambda: as_similarity_matrix(sim),
-        "condensed pairs and moments": lambda: _Distances(sim, "correlation", "complete").moments,
+        "moments of the pairs": lambda: _Distances(sim, "correlation", "complete").moments,
         "linkage": lambda: (
-            _kernels.nn_chain_linkage(squareform(condensed, checks=False), "complete")
-            if _kernels.available()
+            _kernels.nn_chain_linkage(_kernels.one_minus(sim), "complete")
+            if compiled
             else linkage(condensed, "complete")
         ),
-        "leaf order": lambda: leaves_list(z),
+        "leaf order": lambda: _leaf_order(z),
         "one pass of group sums": lambda: _BlockSums(sim, labels),
     }
-    if m < 1500:
-        steps["cophenetic product"] = lambda: float(np.dot(cophenet(z), condensed))
+    if m < _TREE_COPHENET_MIN:  # above it, the cophenetic sums come from the fine block sums of the silhouettes
+        steps["cophenetic sums"] = lambda: (
+            _kernels.merge_cross_sums(sim, order, ranges) if compiled else float(np.dot(cophenet(z), condensed))
+        )
     return {name: best_of(fn, repeats) for name, fn in steps.items()}
 
 
 def without_kernel(fn: object) -> object:
-    """``fn`` with the compiled linkage turned off (scipy's linkage inside ``analyze``)."""
+    """``fn`` with the compiled kernels turned off (numpy, and scipy's linkage, inside ``analyze``)."""
 
     def run() -> object:
         enabled, _kernels.ENABLED = _kernels.ENABLED, False
@@ -137,11 +143,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     print(
-        "| m | scipy linkage alone | analyze | analyze/linkage | analyze, scipy's linkage | its ratio | "
-        "bare linkage call | analyze/bare | groups found | render + PNG | matplotlib imshow + savefig | "
-        "matplotlib/render | PNG sizes (ours / matplotlib) |"
+        "| m | scipy linkage alone | analyze | analyze/linkage | analyze, no failed groups | its ratio | "
+        "analyze, numpy and scipy only | its ratio | bare linkage call | analyze/bare | groups found | render + PNG | "
+        "matplotlib imshow + savefig | matplotlib/render | PNG sizes (ours / matplotlib) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     tmp = tempfile.mkdtemp()
     floors: list[tuple[int, float, dict[str, float]]] = []
     kernels: list[tuple[int, float, float, float, float]] = []
@@ -151,19 +157,18 @@ def main() -> None:
         result = analyze(sim)
         # the linkage baselines and analyze alternate, so that all see the same state of the machine (the page faults
         # of the large condensed vectors move single timings by 10-20%); best of each
-        t_link = t_bare = t_an = t_scipy = t_ours = float("inf")
+        t_link = t_bare = t_an = t_nofail = t_scipy = t_ours = float("inf")
         for _ in range(repeats):
             t_link = min(t_link, best_of(lambda s=sim: linkage(squareform(1 - s, checks=False), "complete"), 1))
             condensed = squareform(1 - sim, checks=False)
             t_bare = min(t_bare, best_of(lambda y=condensed: linkage(y, "complete"), 1))
-            if _kernels.available():  # the square matrix made as analyze makes it
-                if m >= _TREE_COPHENET_MIN:
-                    square = lambda s=sim: _kernels.one_minus(s)  # noqa: E731
-                else:
-                    square = lambda y=condensed: squareform(y, checks=False)  # noqa: E731
-                t_ours = min(t_ours, best_of(lambda f=square: _kernels.nn_chain_linkage(f(), "complete"), 1))
             del condensed
+            if _kernels.available():  # with the square matrix made as analyze makes it
+                t_ours = min(
+                    t_ours, best_of(lambda s=sim: _kernels.nn_chain_linkage(_kernels.one_minus(s), "complete"), 1)
+                )
             t_an = min(t_an, best_of(lambda s=sim: analyze(s), 1))
+            t_nofail = min(t_nofail, best_of(lambda s=sim: analyze(s, find_failed=False), 1))
             t_scipy = min(t_scipy, best_of(without_kernel(lambda s=sim: analyze(s)), 1))
         stall_ours = longest_stall(lambda s=sim: analyze(s))
         stall_scipy = longest_stall(without_kernel(lambda s=sim: analyze(s)))
@@ -177,16 +182,16 @@ def main() -> None:
         size_ours = os.path.getsize(ours) / 1e6
         size_mpl = os.path.getsize(theirs) / 1e6
         print(
-            f"| {m} | {t_link:.3f} s | {t_an:.3f} s | {t_an / t_link:.2f}x | "
-            f"{t_scipy:.3f} s | {t_scipy / t_link:.2f}x | "
-            f"{t_bare:.3f} s | {t_an / t_bare:.2f}x | {result.n_groups} | {t_render:.3f} s | "
+            f"| {m} | {t_link * 1e3:.1f} ms | {t_an * 1e3:.1f} ms | {t_an / t_link:.2f}x | "
+            f"{t_nofail * 1e3:.1f} ms | {t_nofail / t_link:.2f}x | {t_scipy * 1e3:.1f} ms | {t_scipy / t_link:.2f}x | "
+            f"{t_bare * 1e3:.1f} ms | {t_an / t_bare:.2f}x | {result.n_groups} | {t_render:.3f} s | "
             f"{t_mpl:.2f} s | {t_mpl / t_render:.1f}x | {size_ours:.2f} MB / {size_mpl:.1f} MB |",
             flush=True,
         )
         floors.append((m, t_link, required_steps(sim, repeats)))
     print(
         "\n| m | scipy linkage (bare) | compiled linkage (with its square matrix) | speed-up | "
-        "longest stall of the main thread while analyze runs on a worker thread: compiled / scipy's linkage |"
+        "longest stall of the main thread while analyze runs on a worker thread: compiled / numpy and scipy only |"
     )
     print("| --- | --- | --- | --- | --- |")
     for m, t_bare, t_ours, stall_ours, stall_scipy in kernels:

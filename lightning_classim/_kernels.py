@@ -1,17 +1,24 @@
-"""Compiled linkage (numba): scipy's nearest-neighbour chain on a square matrix, without holding the GIL.
+"""Compiled kernels (numba) of the structure analysis; all of them release the GIL.
 
 :func:`nn_chain_linkage` gives the linkage matrix of :func:`scipy.cluster.hierarchy.linkage` for the methods that
 scipy computes with its nearest-neighbour chain (complete, average, weighted, ward), bit for bit: the same scan
 order, the same tie rule (the previous element of the chain first, then the lowest index), the same Lance-Williams
-formulas evaluated in the same order, the same stable sort by height and the same relabelling. It is faster (2.3-2.9x
+formulas evaluated in the same order, the same stable sort by height and the same relabelling. It is faster (2.2-2.9x
 at 1,000-4,000 classes, ``benchmarks/bench_structure.py``) because it scans and updates contiguous rows of a square
 matrix over a sorted list of the clusters still active, where scipy scans its condensed vector (strided for half of
-every row) over all ``m`` slots and calls the update formula through a pointer. And it releases the GIL, so that an
-analysis on the callback's worker thread does not stall the training thread (scipy's linkage holds the GIL
-throughout: 0.2 s at 4,000 classes, over a second at 10,000).
+every row) over all ``m`` slots and calls the update formula through a pointer.
 
-It runs when numba imports and the environment variable ``LIGHTNING_CLASSIM_NUMBA`` is not ``"0"`` (:data:`ENABLED`);
-else :mod:`.analysis` calls scipy. The kernels are compiled on first use and cached on disk (``cache=True``).
+The other kernels are the steps around the linkage, each one pass without temporaries: :func:`max_asymmetry` (the
+symmetry and finiteness check), :func:`upper_moments`, :func:`one_minus` (the square distances), :func:`leaf_order`
+and :func:`merge_ranges` (no recursion), :func:`merge_cross_sums` (the cophenetic sums over the tree, from the
+similarity matrix), :func:`cluster_rows` (sums over groups) and :func:`nested_silhouettes`. Releasing the GIL
+matters because the callback analyses on a worker thread: scipy's linkage holds the GIL throughout (0.2 s at 4,000
+classes, over a second at 10,000), and the training thread stops meanwhile. None of them calls BLAS: numba would
+call scipy's OpenBLAS, whose threads then compete with numpy's on the same cores.
+
+They run when numba imports and the environment variable ``LIGHTNING_CLASSIM_NUMBA`` is not ``"0"``
+(:data:`ENABLED`); else :mod:`.analysis` uses numpy and scipy, with the same results. The kernels are compiled on
+first use and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: Whether the compiled linkage is wanted: numba is installed and ``LIGHTNING_CLASSIM_NUMBA`` is not ``"0"``. numba
+#: Whether the compiled kernels are wanted: numba is installed and ``LIGHTNING_CLASSIM_NUMBA`` is not ``"0"``. numba
 #: itself is imported on first use (it takes a quarter of a second), so that importing the package stays light.
 ENABLED: bool = os.environ.get("LIGHTNING_CLASSIM_NUMBA", "1") != "0" and importlib.util.find_spec("numba") is not None
 

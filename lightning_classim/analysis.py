@@ -1,9 +1,9 @@
 """Structure analysis of a class-similarity matrix: ordering, groups, summaries, and structure metrics.
 
-Everything here runs on the CPU with numpy/scipy (and a compiled copy of scipy's nearest-neighbour-chain linkage,
-:mod:`._kernels`, equal to it bit for bit), is deterministic (the same input gives the same output), and
-works up to tens of thousands of classes: the leaf order comes from :func:`scipy.cluster.hierarchy.leaves_list`
-or from an iterative traversal, never from the recursive ``dendrogram()``.
+Everything here runs on the CPU with numpy/scipy and compiled kernels (:mod:`._kernels`: a copy of scipy's
+nearest-neighbour-chain linkage, equal to it bit for bit, and the steps around it), is deterministic (the same input
+gives the same output), and works up to tens of thousands of classes: the leaf order comes from an iterative
+traversal (or :func:`scipy.cluster.hierarchy.leaves_list`), never from the recursive ``dendrogram()``.
 
 Choices worth knowing:
 
@@ -413,9 +413,9 @@ def _row_distances(sim: np.ndarray) -> np.ndarray:
 class _Distances:
     """The pairs of classes: off-diagonal moments of the similarity, and the distances for the linkage.
 
-    ``condensed`` is scipy's condensed distance vector. ``linear`` is true when the distance is exactly ``1 - s``
-    for every pair (correlation distance, a non-Euclidean method, no similarity above 1), so that sums of distances
-    follow from sums of similarities. ``rows(idx)`` gives full distance rows on demand.
+    ``condensed`` is scipy's condensed distance vector, made only when a step needs it. ``linear`` is true when the
+    distance is exactly ``1 - s`` for every pair (correlation distance, a non-Euclidean method, no similarity above
+    1), so that sums of distances follow from sums of similarities. ``rows(idx)`` gives full distance rows on demand.
     """
 
     def __init__(self, sim: np.ndarray, distance: DistanceKind, method: str) -> None:

@@ -642,6 +642,9 @@ def align_order(linkage: np.ndarray, previous_order: Any) -> np.ndarray:
     Returns:
         The new leaf order.
 
+    Raises:
+        ValueError: if ``linkage`` is not a tree in scipy's format, or ``previous_order`` not a permutation.
+
     Example:
         >>> import numpy as np
         >>> from scipy.cluster.hierarchy import linkage
@@ -649,7 +652,21 @@ def align_order(linkage: np.ndarray, previous_order: Any) -> np.ndarray:
         >>> align_order(z, [3, 2, 1, 0]).tolist()
         [3, 2, 1, 0]
     """
+    linkage = np.asarray(linkage)
+    if linkage.ndim != 2 or linkage.shape[0] < 1 or linkage.shape[1] != 4:
+        raise ValueError(
+            f"Expected argument `linkage` to be a scipy linkage matrix of shape (m - 1, 4), but got shape "
+            f"{linkage.shape}. Pass `result.linkage` or the output of `scipy.cluster.hierarchy.linkage`."
+        )
     m = linkage.shape[0] + 1
+    kids = np.nan_to_num(linkage[:, :2], nan=-1.0, posinf=-1.0, neginf=-1.0).astype(np.intp)
+    formed = m + np.arange(m - 1)[:, None]  # merge r may join leaves and the clusters of merges before it
+    if (kids < 0).any() or (kids >= formed).any() or np.unique(kids).size != kids.size:
+        raise ValueError(
+            "Expected argument `linkage` to be a tree in scipy's format (each merge joins two clusters formed before "
+            "it, and each cluster is merged once), but it is not. Pass `result.linkage` or the output of "
+            "`scipy.cluster.hierarchy.linkage`."
+        )
     prev = _check_order(previous_order, m, "previous_order")
     position = np.empty(m)
     position[prev] = np.arange(m)

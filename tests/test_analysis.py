@@ -252,6 +252,21 @@ def test_align_order_keeps_the_tree_and_follows_previous(planted):
     assert len(np.nonzero(np.diff(seq))[0]) == 2  # still 3 contiguous blocks
 
 
+def test_align_order_rejects_a_matrix_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"scipy linkage matrix of shape \(m - 1, 4\), but got shape \(2, 3\)"):
+        align_order(np.zeros((2, 3)), [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    "z",
+    [[[0, 7, 1.0, 2]], [[0, 1, 1.0, 2], [0, 3, 2.0, 3]], [[0, -1, 1.0, 2]], [[0, np.nan, 1.0, 2]]],
+    ids=["not formed yet", "merged twice", "negative id", "NaN id"],
+)
+def test_align_order_rejects_what_is_not_a_tree(z):
+    with pytest.raises(ValueError, match=r"`linkage` to be a tree in scipy's format .* but it is not"):
+        align_order(np.array(z), list(range(len(z) + 1)))
+
+
 def test_compare_structures_needs_same_classes(planted):
     sim, _, _ = planted
     with pytest.raises(ValueError, match=r"same classes, but got 45 and 4 classes"):

@@ -8,7 +8,7 @@ at 1,000-4,000 classes, ``benchmarks/bench_structure.py``) because it scans and 
 matrix over a sorted list of the clusters still active, where scipy scans its condensed vector (strided for half of
 every row) over all ``m`` slots and calls the update formula through a pointer.
 
-The other kernels are the steps around the linkage, each one pass without temporaries: :func:`max_asymmetry` (the
+The other kernels are the steps around the linkage, without temporaries of the matrix's size: :func:`max_asymmetry` (the
 symmetry and finiteness check), :func:`upper_moments`, :func:`one_minus` (the square distances), :func:`leaf_order`
 and :func:`merge_ranges` (no recursion), :func:`merge_cross_sums` (the cophenetic sums over the tree, from the
 similarity matrix), :func:`cluster_rows` (sums over groups) and :func:`nested_silhouettes`. Releasing the GIL

@@ -45,7 +45,8 @@ OPTIMAL_ORDERING_MAX = 3000
 #: Above this many classes, ``optimal_ordering=True`` warns that it will be slow.
 OPTIMAL_ORDERING_WARN = 1000
 _SILHOUETTE_SAMPLE = 1000
-#: From this many classes on, the cophenetic correlation comes from the tree instead of all pairs.
+#: From this many classes on, the cophenetic correlation comes from the tree and the fine block sums (below it, from
+#: the compiled sums over the tree, or all pairs without the kernels).
 _TREE_COPHENET_MIN = 1500
 #: Numbers of fuzzy clusters tried for failed groups.
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
@@ -1482,7 +1483,8 @@ def analyze(
     fine = cuts.into(max(need, _split_fine_k(need, m))) if ranges is not None else None  # numbered along the order
     block_sums = _BlockSums(sim, fine)
 
-    # cophenetic correlation: from the tree and the fine block sums when the distance is 1 - s, else all pairs
+    # cophenetic correlation, when the distance is 1 - s: from the tree and the fine block sums, or from the compiled
+    # sums over the tree; else (or without the kernels below 1,500 classes) from all pairs
     cross = None
     if ranges is not None and dist.linear and m >= _TREE_COPHENET_MIN:
         cross = _merge_cross_sums(block_sums, tree_order, ranges)

@@ -11,7 +11,9 @@ every row) over all ``m`` slots and calls the update formula through a pointer.
 The other kernels are the steps around the linkage, without temporaries of the matrix's size: :func:`max_asymmetry` (the
 symmetry and finiteness check), :func:`upper_moments`, :func:`one_minus` (the square distances), :func:`leaf_order`
 and :func:`merge_ranges` (no recursion), :func:`merge_cross_sums` (the cophenetic sums over the tree, from the
-similarity matrix), :func:`cluster_rows` (sums over groups) and :func:`nested_silhouettes`. Releasing the GIL
+similarity matrix), :func:`cluster_rows` (sums over groups), :func:`nested_silhouettes`, and the steps of the
+k-means++ seeds of the failed-group search between their matrix products (:func:`seed_update`, :func:`seed_pick`;
+the products stay with numpy). Releasing the GIL
 matters because the callback analyses on a worker thread: scipy's linkage holds the GIL throughout (0.2 s at 4,000
 classes, over a second at 10,000), and the training thread stops meanwhile. None of them calls BLAS: numba would
 call scipy's OpenBLAS, whose threads then compete with numpy's on the same cores.
@@ -360,112 +362,54 @@ def _nested_silhouettes(
     return score, n_groups
 
 
-def _fuzzy_cmeans(
-    x: np.ndarray, runs: np.ndarray, first: np.ndarray, draws: np.ndarray, iters: int, tol: float
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """Fuzzy c-means (fuzzifier 1.5) of the rows of ``x`` for every run at once, from k-means++ seeds.
+def _seed_update(
+    nearest: np.ndarray, active: np.ndarray, prod: np.ndarray, sq_rows: np.ndarray, chosen: np.ndarray, first: bool
+) -> None:  # pragma: no cover - compiled
+    """k-means++: the squared distance of every row to the nearest centre of each run in ``active`` so far.
 
-    Run ``r`` has ``runs[r]`` clusters, the columns ``offset[r]:offset[r] + runs[r]`` of the memberships. Its seeds:
-    the row ``first[r]``, then for ``j >= 1`` the row at which the cumulative squared distance to the nearest seed so
-    far reaches ``draws[j - 1, r]`` times its total (a uniform row if all distances are 0). The matrix products go to
-    BLAS, the element-wise steps of an iteration are one pass. Returns the memberships ``(m, sum(runs))`` and the
-    objective of every run.
+    Row ``a`` of ``prod`` is ``x[chosen[a]] @ x.T`` for the new centre of run ``active[a]``; its squared distances
+    ``max(sq_rows + sq_rows[chosen] - 2 prod, 0)`` replace the run's row of ``nearest`` on the ``first`` step, and
+    lower it after. The float32 operations of the numpy code, in the same order.
     """
-    m, dim = x.shape
-    n_runs = runs.shape[0]
-    offset = np.zeros(n_runs + 1, dtype=np.int64)
-    for r in range(n_runs):
-        offset[r + 1] = offset[r] + runs[r]
-    total = offset[n_runs]
-    sq_rows = np.empty(m, dtype=x.dtype)
-    for i in range(m):
-        acc = x.dtype.type(0.0)
-        for t in range(dim):
-            acc += x[i, t] * x[i, t]
-        sq_rows[i] = acc
-    # k-means++ seeds, the j-th seed of every run that has one at each step
-    centres = np.empty((total, dim), dtype=x.dtype)
-    nearest = np.empty((n_runs, m), dtype=x.dtype)
-    xt = np.ascontiguousarray(x.T)
-    chosen = first.copy()
-    widest = 0
-    for r in range(n_runs):
-        widest = max(widest, runs[r])
-    for j in range(widest):
-        rows = np.empty((n_runs, dim), dtype=x.dtype)
-        for r in range(n_runs):
-            rows[r] = x[chosen[r]]
-        prod = np.dot(rows, xt)  # (runs, m)
-        for r in range(n_runs):
-            if j >= runs[r]:
-                continue
-            p = chosen[r]
-            centres[offset[r] + j] = x[p]
-            for i in range(m):
-                d = sq_rows[i] + sq_rows[p] - 2 * prod[r, i]
-                d = max(d, x.dtype.type(0.0))
-                nearest[r, i] = d if j == 0 else min(nearest[r, i], d)
-            if j + 1 < runs[r]:
-                cum = 0.0
-                for i in range(m):
-                    cum += nearest[r, i]
-                if cum <= 0.0:  # every row coincides with a seed
-                    chosen[r] = min(int(draws[j, r] * m), m - 1)
-                else:
-                    target = draws[j, r] * cum
-                    acc = 0.0
-                    pick = m - 1
-                    for i in range(m):
-                        acc += nearest[r, i]
-                        if acc > target:
-                            pick = i
-                            break
-                    chosen[r] = pick
-    u = np.empty((m, total), dtype=x.dtype)
-    w = np.empty((m, total), dtype=x.dtype)
-    d2 = np.empty((m, total), dtype=x.dtype)
-    sq_c = np.empty(total, dtype=x.dtype)
-    for it in range(iters):
-        if it:
-            colsum = np.zeros(total)
-            for i in range(m):
-                for c in range(total):
-                    w[i, c] = u[i, c] * math.sqrt(u[i, c])
-                    colsum[c] += w[i, c]
-            centres = np.dot(w.T, x)
-            for c in range(total):
-                for t in range(dim):
-                    centres[c, t] /= colsum[c]
-        for c in range(total):
-            acc = x.dtype.type(0.0)
-            for t in range(dim):
-                acc += centres[c, t] * centres[c, t]
-            sq_c[c] = acc
-        prod = np.dot(x, np.ascontiguousarray(centres.T))
-        change = 0.0
+    m = nearest.shape[1]
+    zero = nearest.dtype.type(0.0)
+    two = nearest.dtype.type(2.0)
+    for a in range(active.shape[0]):
+        row = nearest[active[a]]
+        prow = prod[a]
+        sc = sq_rows[chosen[a]]
         for i in range(m):
-            for r in range(n_runs):
-                norm = 0.0
-                for c in range(offset[r], offset[r + 1]):
-                    d = max(sq_rows[i] + sq_c[c] - 2 * prod[i, c], 1e-12)
-                    d2[i, c] = d
-                    v = 1.0 / d
-                    v = v * v  # d^(-2 / (1.5 - 1))
-                    w[i, c] = v
-                    norm += v
-                for c in range(offset[r], offset[r + 1]):
-                    v = w[i, c] / norm
-                    if it:
-                        change = max(change, abs(v - u[i, c]))
-                    u[i, c] = v
-        if it and change < tol:
-            break
-    objective = np.zeros(n_runs)
-    for i in range(m):
-        for r in range(n_runs):
-            for c in range(offset[r], offset[r + 1]):
-                objective[r] += u[i, c] * math.sqrt(u[i, c]) * d2[i, c]
-    return u, objective
+            d = max(sq_rows[i] + sc - two * prow[i], zero)
+            row[i] = d if first else min(row[i], d)
+
+
+def _seed_pick(nearest: np.ndarray, active: np.ndarray, draws: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """k-means++: the next centre of each run in ``active``, drawn with probability proportional to ``nearest``.
+
+    The first row at which the (float32) cumulative sum of the run's row of ``nearest`` exceeds ``draws[a]`` times
+    its total, as ``numpy.searchsorted(cumsum, draw, side="right")``; -1 when the total is 0 (every row coincides
+    with a centre).
+    """
+    m = nearest.shape[1]
+    picks = np.empty(active.shape[0], dtype=np.int64)
+    for a in range(active.shape[0]):
+        row = nearest[active[a]]
+        total = nearest.dtype.type(0.0)
+        for i in range(m):
+            total += row[i]
+        if not total > 0:
+            picks[a] = -1
+            continue
+        target = draws[a] * total
+        acc = nearest.dtype.type(0.0)
+        pick = m - 1
+        for i in range(m):
+            acc += row[i]
+            if acc > target:
+                pick = i
+                break
+        picks[a] = pick
+    return picks
 
 
 class _Compiled(NamedTuple):
@@ -479,7 +423,8 @@ class _Compiled(NamedTuple):
     leaves: Callable[..., Any]
     cluster_rows: Callable[..., Any]
     nested_silhouettes: Callable[..., Any]
-    fuzzy_cmeans: Callable[..., Any]
+    seed_update: Callable[..., Any]
+    seed_pick: Callable[..., Any]
 
 
 @functools.cache
@@ -507,7 +452,8 @@ def _compiled() -> _Compiled | None:
         leaves=jit(_leaves),
         cluster_rows=jit(_cluster_rows),
         nested_silhouettes=jit(_nested_silhouettes),
-        fuzzy_cmeans=jit(_fuzzy_cmeans),
+        seed_update=jit(_seed_update),
+        seed_pick=jit(_seed_pick),
     )
 
 
@@ -648,3 +594,26 @@ def merge_cross_sums(mat: np.ndarray, order: np.ndarray, ranges: tuple[np.ndarra
 def cluster_rows(mat: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row sums per cluster ``(k, m)`` (row ``c`` sums the rows of cluster ``c``) and the ``(k, k)`` block sums."""
     return _require().cluster_rows(mat, np.ascontiguousarray(labels, dtype=np.int64), k)
+
+
+def seed_update(
+    nearest: np.ndarray, active: np.ndarray, prod: np.ndarray, sq_rows: np.ndarray, chosen: np.ndarray, first: bool
+) -> None:
+    """k-means++ seeds (``analysis._plus_plus_seeds``): lower ``nearest[active]`` by the new centres ``chosen``.
+
+    ``prod`` holds ``x[chosen] @ x.T``; ``nearest`` (runs, m) is overwritten in the rows ``active`` (all of them,
+    from scratch, on the ``first`` step).
+    """
+    _require().seed_update(nearest, active, prod, sq_rows, chosen, first)
+
+
+def seed_pick(nearest: np.ndarray, active: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """k-means++ seeds: the next centre of each run in ``active`` for uniform ``draws`` (-1 where all are 0).
+
+    Example:
+        >>> import numpy as np
+        >>> near = np.array([[0.0, 1.0, 3.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+        >>> seed_pick(near, np.array([0, 1]), np.array([0.5, 0.5])).tolist()
+        [2, -1]
+    """
+    return _require().seed_pick(nearest, np.ascontiguousarray(active, dtype=np.int64), draws).astype(np.intp)

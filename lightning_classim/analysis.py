@@ -50,6 +50,10 @@ _SILHOUETTE_SAMPLE = 1000
 _TREE_COPHENET_MIN = 1500
 #: Numbers of fuzzy clusters tried for failed groups.
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
+#: Seeded restarts of fuzzy c-means per number of clusters (the best objective is kept).
+_FCM_RESTARTS = 2
+#: Dimension of the residual's dominant subspace in which the failed groups are looked for.
+_SKETCH_DIM = 48
 #: Fuzzy c-means stops when no membership moves more than this (memberships are thresholded at about 0.3).
 _FCM_TOL = 1e-3
 #: The noise edge of the residual rows' spectrum (failed groups): a drop of the squared singular values by this
@@ -1172,6 +1176,19 @@ def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, runs: Sequence[int], rn
     sizes = np.asarray(runs)
     picks = np.zeros((len(runs), int(sizes.max())), dtype=np.intp)
     picks[:, 0] = rng.integers(0, m, len(runs))
+    if _kernels.available():  # the same float32 operations, with no temporaries and no Python-level steps per run
+        nearest = np.empty((len(runs), m), dtype=x.dtype)
+        _kernels.seed_update(nearest, np.arange(len(runs)), x[picks[:, 0]] @ x.T, sq_rows, picks[:, 0], True)
+        for j in range(1, picks.shape[1]):
+            running = np.nonzero(sizes > j)[0]
+            chosen = _kernels.seed_pick(nearest, running, rng.random(running.shape[0]))
+            flat = chosen < 0
+            if flat.any():  # all rows coincide with the centres so far
+                chosen[flat] = rng.integers(0, m, int(flat.sum()))
+            picks[running, j] = chosen
+            if j + 1 < picks.shape[1]:
+                _kernels.seed_update(nearest, running, x[chosen] @ x.T, sq_rows, chosen, False)
+        return np.concatenate([x[picks[r, :c]] for r, c in enumerate(runs)])
     nearest = np.maximum(sq_rows[None, :] + sq_rows[picks[:, 0], None] - 2.0 * (x[picks[:, 0]] @ x.T), 0.0)
     for j in range(1, picks.shape[1]):
         active = sizes > j
@@ -1189,7 +1206,7 @@ def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, runs: Sequence[int], rn
 
 
 def _fuzzy_cmeans(
-    x: np.ndarray, sizes: Sequence[int], seed: int, restarts: int = 2, iters: int = 60
+    x: np.ndarray, sizes: Sequence[int], seed: int, restarts: int | None = None, iters: int = 60
 ) -> list[np.ndarray]:
     """Fuzzy c-means memberships (m x c) of the rows of x for each ``c`` in ``sizes``, with fuzzifier 1.5.
 
@@ -1198,6 +1215,7 @@ def _fuzzy_cmeans(
     every restart) advance together as column blocks of one ``(m, sum c * restarts)`` problem, in place: one matrix
     product and a few array operations per iteration instead of a Python loop per run.
     """
+    restarts = _FCM_RESTARTS if restarts is None else restarts
     rng = np.random.default_rng(seed)
     m = x.shape[0]
     dtype = x.dtype
@@ -1293,7 +1311,7 @@ def _failed_groups(
     block_mean = sums / np.outer(sizes, sizes)
     onehot = np.zeros((m, k))
     onehot[np.arange(m), labels] = 1.0
-    dim = 48
+    dim = _SKETCH_DIM
     if m > dim:
         # rows of the residual R = S - E B E^T in its dominant subspace, never forming R: a random sketch R P
         # (P: one random sign per class, in a random one of `dim` columns: a sparse product, one pass over S),

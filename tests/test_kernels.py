@@ -205,6 +205,67 @@ def test_cluster_rows_as_indicator_products() -> None:
     np.testing.assert_allclose(block, indicator @ mat @ indicator.T, rtol=1e-12, atol=1e-12)
 
 
+def test_seed_pick_is_searchsorted_of_the_cumulative_sum() -> None:
+    rng = np.random.default_rng(11)
+    nearest = rng.random((5, 300)).astype(np.float32) ** 3
+    nearest[2] = 0.0  # every row on a centre: no draw possible
+    nearest[3, :-1] = 0.0  # all the mass on the last row
+    active = np.array([0, 2, 3, 4])
+    draws = rng.random(4)
+    expected = []
+    for r, u in zip(active, draws):
+        cum = np.cumsum(nearest[r])
+        expected.append(-1 if cum[-1] <= 0 else min(int(np.searchsorted(cum, u * cum[-1], side="right")), 299))
+    assert expected[1:3] == [-1, 299]
+    assert _kernels.seed_pick(nearest, active, draws).tolist() == expected
+
+
+def _textbook_plus_plus(x: np.ndarray, runs: list[int], seed: int) -> np.ndarray:
+    """k-means++ run by run with float64 distances, drawing from the generator in the order the package does: step
+    ``j`` draws one uniform for every run with more than ``j`` centres, then one integer for each of those whose
+    rows all coincide with its centres so far."""
+    rng = np.random.default_rng(seed)
+    x64 = x.astype(np.float64)
+    picks = [[int(p)] for p in rng.integers(0, x.shape[0], len(runs))]
+    nearest = [((x64 - x64[p[0]]) ** 2).sum(axis=1) for p in picks]
+    for j in range(1, max(runs)):
+        active = [r for r, c in enumerate(runs) if c > j]
+        cums = [np.cumsum(nearest[r]) for r in active]
+        chosen = [int(np.searchsorted(cum, u * cum[-1], side="right")) for cum, u in zip(cums, rng.random(len(active)))]
+        flat = [i for i, cum in enumerate(cums) if cum[-1] <= 0]
+        for i, p in zip(flat, rng.integers(0, x.shape[0], len(flat))):
+            chosen[i] = int(p)
+        for r, p in zip(active, chosen):
+            picks[r].append(p)
+            nearest[r] = np.minimum(nearest[r], ((x64 - x64[p]) ** 2).sum(axis=1))
+    return np.concatenate([x[p] for p in picks])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_plus_plus_seeds_as_textbook_kmeans_plus_plus(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_classim.analysis import _plus_plus_seeds
+
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((400, 6)) + 4 * rng.integers(0, 5, (400, 1))).astype(np.float32)
+    runs = [2, 2, 3, 3, 5, 5, 9, 9]
+    got = _plus_plus_seeds(x, np.einsum("ij,ij->i", x, x), runs, np.random.default_rng(3))
+    np.testing.assert_array_equal(got, _textbook_plus_plus(x, runs, 3))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_plus_plus_seeds_when_all_rows_coincide_with_centres(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # two distinct rows (exact distances): after one centre of each every distance is 0, and each next centre is a
+    # uniform row drawn from the generator; 6 such draws, each landing in one half or the other
+    from lightning_classim.analysis import _plus_plus_seeds
+
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
+    x = np.repeat(np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32), 25, axis=0)
+    runs = [4, 6, 2]
+    got = _plus_plus_seeds(x, np.einsum("ij,ij->i", x, x), runs, np.random.default_rng(5))
+    np.testing.assert_array_equal(got, _textbook_plus_plus(x, runs, 5))
+
+
 def test_environment_variable_turns_the_kernel_off() -> None:
     code = "from lightning_classim import _kernels; print(_kernels.ENABLED, _kernels.available())"
     env = {**os.environ, "LIGHTNING_CLASSIM_NUMBA": "0"}

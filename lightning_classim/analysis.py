@@ -1040,9 +1040,14 @@ class _BlockSums:
             parent = np.zeros(n_fine, dtype=np.intp)
             parent[self.fine] = labels
             if np.array_equal(parent[self.fine], labels):
-                agg = np.zeros((n_fine, k))
-                agg[np.arange(n_fine), parent] = 1.0
-                return agg.T @ self.fine_block @ agg, self.fine_sizes @ agg, self.fine_diag @ agg
+                if _kernels.available():  # O(n_fine^2); the one-hot products cost O(n_fine^2 k)
+                    block = _kernels.aggregate_blocks(self.fine_block, parent, k)
+                else:
+                    agg = np.zeros((n_fine, k))
+                    agg[np.arange(n_fine), parent] = 1.0
+                    block = agg.T @ self.fine_block @ agg
+                sizes = np.bincount(parent, weights=self.fine_sizes, minlength=k)
+                return block, sizes, np.bincount(parent, weights=self.fine_diag, minlength=k)
         _, block = _cluster_rows(self.sim, labels, k)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
         return block, sizes, np.bincount(labels, weights=self.diag, minlength=k)

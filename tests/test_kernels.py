@@ -205,6 +205,36 @@ def test_cluster_rows_as_indicator_products() -> None:
     np.testing.assert_allclose(block, indicator @ mat @ indicator.T, rtol=1e-12, atol=1e-12)
 
 
+def test_aggregate_blocks_as_indicator_products() -> None:
+    rng = np.random.default_rng(13)
+    block = rng.standard_normal((90, 90))
+    parent = rng.integers(0, 7, 90)
+    parent[:7] = np.arange(7)
+    indicator = np.eye(7)[parent]  # (90, 7)
+    got = _kernels.aggregate_blocks(block, parent, 7)
+    np.testing.assert_allclose(got, indicator.T @ block @ indicator, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_summaries_of_many_groups_from_the_fine_sums(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 groups aggregated from 400 fine clusters: cohesion and nearest group against numpy on the matrix
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
+    rng = np.random.default_rng(14)
+    sub = np.repeat(np.arange(100), 6)
+    x = 1.5 * rng.standard_normal((400, 100))[:, sub] + rng.standard_normal((400, 600))
+    sim = np.corrcoef(x, rowvar=False)
+    res = analyze(sim, n_groups=100, find_failed=False)
+    for g in res.summary[::9]:
+        idx = np.asarray(g.members)
+        inner = sim[np.ix_(idx, idx)]
+        assert g.cohesion == pytest.approx((inner.sum() - np.trace(inner)) / (len(idx) * (len(idx) - 1)), rel=1e-9)
+        means = [
+            sim[np.ix_(idx, np.nonzero(res.groups == h)[0])].mean() if h != g.group else -np.inf for h in range(100)
+        ]
+        assert g.nearest == int(np.argmax(means))
+        assert g.nearest_similarity == pytest.approx(max(means), rel=1e-9)
+
+
 def test_seed_pick_is_searchsorted_of_the_cumulative_sum() -> None:
     rng = np.random.default_rng(11)
     nearest = rng.random((5, 300)).astype(np.float32) ** 3

@@ -58,24 +58,31 @@ def similarity(m: int, seed: int = 0) -> np.ndarray:
     return np.corrcoef(rows)
 
 
-def planted_failed(m: int, failed: int = 8, seed: int = 0) -> tuple[np.ndarray, int, list[tuple[int, ...]]]:
-    """Sub-groups of 10 classes (5 below 1,000 classes) and ``failed`` planted failed groups: the matrix, the number
-    of sub-groups and the planted sets (each takes one class from 6 sub-groups and adds a shared factor)."""
-    rng = np.random.default_rng(seed)
-    per = 10 if m >= 1000 else 5
-    subs, n = m // per, 3000
+def planted_failed_groups(
+    rng: np.random.Generator, subs: int, per: int, failed: int, a: float = 1.5, size: int = 6, n: int = 3000
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """``subs`` sub-groups of ``per`` classes with ``failed`` planted failed groups (the tests' design): the matrix
+    and the planted sets. Each set takes one class from ``size`` sub-groups and adds a shared factor of weight ``a``.
+    """
     sub = np.repeat(np.arange(subs), per)
     f_sub = rng.standard_normal((n, subs))
     x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, subs * per))
     wanted = []
     for g in range(failed):
-        subs_g = np.arange(6 * g, 6 * g + 6) % subs
+        subs_g = np.arange(size * g, size * g + size) % subs
         members = subs_g * per + g % per
-        x[:, members] = (
-            1.5 * rng.standard_normal(n)[:, None] + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, 6))
-        )
+        shared = a * rng.standard_normal(n)[:, None]
+        x[:, members] = shared + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, size))
         wanted.append(tuple(sorted(members.tolist())))
-    return np.corrcoef(x, rowvar=False), subs, wanted
+    return np.corrcoef(x, rowvar=False), wanted
+
+
+def planted_failed(m: int, failed: int = 8, seed: int = 0) -> tuple[np.ndarray, int, list[tuple[int, ...]]]:
+    """Sub-groups of 10 classes (5 below 1,000 classes) with ``failed`` planted failed groups of 6: the matrix, the
+    number of sub-groups and the planted sets."""
+    per = 10 if m >= 1000 else 5
+    sim, wanted = planted_failed_groups(np.random.default_rng(seed), m // per, per, failed)
+    return sim, m // per, wanted
 
 
 def best_of(fn: object, repeats: int) -> float:

@@ -1,6 +1,7 @@
 """What a cheaper failed-group search would lose: planted failed groups found by the default search and by cheaper ones.
 
 Run: ``python benchmarks/study_failed_groups.py`` (``--seeds 2`` for a quick run; about 15 s with the default 4).
+The matrices come from ``planted_failed_groups`` in ``bench_structure.py`` beside it.
 
 The failed-group search (:func:`lightning_classim.analyze`, ``find_failed=True``) costs about as much as scipy's
 linkage at m = 1000. Its cost is fuzzy c-means with 2 seeded restarts for each number of clusters, in the residual's
@@ -21,6 +22,7 @@ import argparse
 import time
 
 import numpy as np
+from bench_structure import planted_failed_groups
 
 import lightning_classim.analysis as analysis_module
 from lightning_classim import analyze
@@ -51,22 +53,6 @@ SCENARIOS: list[tuple[int, int, int, float, int]] = [
 ]
 
 
-def planted(
-    rng: np.random.Generator, subs: int, per: int, failed: int, a: float, size: int, n: int = 3000
-) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-    sub = np.repeat(np.arange(subs), per)
-    f_sub = rng.standard_normal((n, subs))
-    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, subs * per))
-    wanted = []
-    for g in range(failed):
-        subs_g = np.arange(size * g, size * g + size) % subs
-        members = subs_g * per + g % per
-        shared = a * rng.standard_normal(n)[:, None]
-        x[:, members] = shared + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, size))
-        wanted.append(tuple(sorted(members.tolist())))
-    return np.corrcoef(x, rowvar=False), wanted
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=4)
@@ -79,7 +65,7 @@ def main() -> None:
     for subs, per, failed, a, size in SCENARIOS:
         row = {v: [0, 0, 0] for v in names}
         for seed in range(args.seeds):
-            sim, wanted = planted(np.random.default_rng(1000 * seed + failed), subs, per, failed, a, size)
+            sim, wanted = planted_failed_groups(np.random.default_rng(1000 * seed + failed), subs, per, failed, a, size)
             for v in names:
                 for name, value in defaults.items():
                     setattr(analysis_module, name, VARIANTS[v].get(name, value))

@@ -11,7 +11,8 @@ every row) over all ``m`` slots and calls the update formula through a pointer.
 The other kernels are the steps around the linkage, without temporaries of the matrix's size: :func:`max_asymmetry` (the
 symmetry and finiteness check), :func:`upper_moments`, :func:`one_minus` (the square distances), :func:`leaf_order`
 and :func:`merge_ranges` (no recursion), :func:`merge_cross_sums` (the cophenetic sums over the tree, from the
-similarity matrix), :func:`cluster_rows` (sums over groups), :func:`nested_silhouettes`, and the steps of the
+similarity matrix), :func:`cluster_rows` (sums over groups), :func:`aggregate_blocks` (a cut's sums from a finer
+cut's), :func:`nested_silhouettes`, and the steps of the
 k-means++ seeds of the failed-group search between their matrix products (:func:`seed_update`, :func:`seed_pick`;
 the products stay with numpy). Releasing the GIL
 matters because the callback analyses on a worker thread: scipy's linkage holds the GIL throughout (0.2 s at 4,000

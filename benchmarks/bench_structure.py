@@ -59,21 +59,36 @@ def similarity(m: int, seed: int = 0) -> np.ndarray:
 
 
 def planted_failed_groups(
-    rng: np.random.Generator, subs: int, per: int, failed: int, a: float = 1.5, size: int = 6, n: int = 3000
+    rng: np.random.Generator,
+    subs: int,
+    per: int,
+    failed: int,
+    a: float = 1.5,
+    size: int = 6,
+    n: int = 3000,
+    share: int = 0,
 ) -> tuple[np.ndarray, list[tuple[int, ...]]]:
     """``subs`` sub-groups of ``per`` classes with ``failed`` planted failed groups (the tests' design): the matrix
     and the planted sets. Each set takes one class from ``size`` sub-groups and adds a shared factor of weight ``a``.
+    With ``share``, each set after the first reuses that many classes of the one before (they carry both factors):
+    a chain of overlapping failed groups.
     """
     sub = np.repeat(np.arange(subs), per)
     f_sub = rng.standard_normal((n, subs))
     x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, subs * per))
-    wanted = []
+    wanted: list[tuple[int, ...]] = []
+    previous = np.zeros(0, dtype=np.intp)
     for g in range(failed):
         subs_g = np.arange(size * g, size * g + size) % subs
         members = subs_g * per + g % per
         shared = a * rng.standard_normal(n)[:, None]
-        x[:, members] = shared + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, size))
+        columns = shared + 1.5 * f_sub[:, subs_g] + 0.6 * rng.standard_normal((n, size))
+        if share and g:
+            members[:share] = previous[-share:]
+            columns[:, :share] = x[:, members[:share]] + shared
+        x[:, members] = columns
         wanted.append(tuple(sorted(members.tolist())))
+        previous = members
     return np.corrcoef(x, rowvar=False), wanted
 
 

@@ -12,9 +12,9 @@ The other kernels are the steps around the linkage, without temporaries of the m
 symmetry and finiteness check), :func:`upper_moments`, :func:`one_minus` (the square distances), :func:`leaf_order`
 and :func:`merge_ranges` (no recursion), :func:`merge_cross_sums` (the cophenetic sums over the tree, from the
 similarity matrix), :func:`cluster_rows` (sums over groups), :func:`aggregate_blocks` (a cut's sums from a finer
-cut's), :func:`nested_silhouettes`, and the steps of the
-k-means++ seeds of the failed-group search between their matrix products (:func:`seed_update`, :func:`seed_pick`;
-the products stay with numpy). Releasing the GIL
+cut's), :func:`nested_silhouettes`, :func:`residual_pairs` (the pairs of the failed-group search, one pass), and
+the steps of the k-means++ seeds of the fuzzy c-means between their matrix products (:func:`seed_update`,
+:func:`seed_pick`; the products stay with numpy). Releasing the GIL
 matters because the callback analyses on a worker thread: scipy's linkage holds the GIL throughout (0.2 s at 4,000
 classes, over a second at 10,000), and the training thread stops meanwhile. None of them calls BLAS: numba would
 call scipy's OpenBLAS, whose threads then compete with numpy's on the same cores.
@@ -425,6 +425,35 @@ def _seed_pick(nearest: np.ndarray, active: np.ndarray, draws: np.ndarray) -> np
     return picks
 
 
+def _residual_pairs(
+    mat: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, cut: float, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    m = mat.shape[0]
+    rows = np.empty(cap, np.int64)
+    cols = np.empty(cap, np.int64)
+    vals = np.empty(cap, np.float64)
+    count = 0
+    top = -np.inf
+    for i in range(m):
+        li = labels[i]
+        means = block_mean[li]
+        row = mat[i]
+        for j in range(i + 1, m):
+            lj = labels[j]
+            if lj != li:
+                r = row[j] - means[lj]
+                if r > top:
+                    top = r
+                if r >= cut:
+                    if count < cap:
+                        rows[count] = i
+                        cols[count] = j
+                        vals[count] = r
+                    count += 1
+    kept = min(count, cap)
+    return rows[:kept], cols[:kept], vals[:kept], count, top
+
+
 class _Compiled(NamedTuple):
     nn_chain: Callable[..., Any]
     label: Callable[..., Any]
@@ -439,6 +468,7 @@ class _Compiled(NamedTuple):
     aggregate_blocks: Callable[..., Any]
     seed_update: Callable[..., Any]
     seed_pick: Callable[..., Any]
+    residual_pairs: Callable[..., Any]
 
 
 @functools.cache
@@ -469,6 +499,7 @@ def _compiled() -> _Compiled | None:
         aggregate_blocks=jit(_aggregate_blocks),
         seed_update=jit(_seed_update),
         seed_pick=jit(_seed_pick),
+        residual_pairs=jit(_residual_pairs),
     )
 
 
@@ -647,3 +678,28 @@ def seed_pick(nearest: np.ndarray, active: np.ndarray, draws: np.ndarray) -> np.
         [2, -1]
     """
     return _require().seed_pick(nearest, np.ascontiguousarray(active, dtype=np.int64), draws).astype(np.intp)
+
+
+def residual_pairs(
+    mat: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, cut: float, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """Pairs ``i < j`` of classes in different groups whose residual ``mat[i, j] - block_mean[g_i, g_j]`` is ``>= cut``.
+
+    Returns the first ``cap`` such pairs (row by row: rows, columns, residuals), the number of all of them, and the
+    largest residual of a pair in different groups (``-inf`` if there is none).
+
+    Example:
+        >>> import numpy as np
+        >>> sim = np.array([[1.0, 0.5, 0.9], [0.5, 1.0, 0.1], [0.9, 0.1, 1.0]])
+        >>> rows, cols, vals, count, top = residual_pairs(sim, np.array([0, 1, 1]), np.full((2, 2), 0.5), 0.3, 8)
+        >>> rows.tolist(), cols.tolist(), vals.round(2).tolist(), count, round(top, 2)
+        ([0], [2], [0.4], 1, 0.4)
+    """
+    rows, cols, vals, count, top = _require().residual_pairs(
+        np.ascontiguousarray(mat, dtype=np.float64),
+        np.ascontiguousarray(labels, dtype=np.int64),
+        np.ascontiguousarray(block_mean, dtype=np.float64),
+        float(cut),
+        int(cap),
+    )
+    return rows.astype(np.intp), cols.astype(np.intp), vals, int(count), float(top)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, optimal_leaf_ordering
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 from lightning_classim import _kernels
@@ -54,6 +55,12 @@ _FCM_CLUSTERS = (2, 3, 5, 9, 17)
 _FCM_RESTARTS = 2
 #: Dimension of the residual's dominant subspace in which the failed groups are looked for.
 _SKETCH_DIM = 48
+#: Pairs of classes whose residual spread (failed groups) is estimated from: all of them up to this many, else a sample.
+_SPREAD_SAMPLE = 1 << 13
+#: The failed-group search keeps at most this many residual pairs per class (the highest, when more stand out).
+_PAIRS_PER_CLASS = 32
+#: Rows per chunk of the numpy pass over the residual pairs (without the kernels).
+_ROWS_CHUNK = 256
 #: Fuzzy c-means stops when no membership moves more than this (memberships are thresholded at about 0.3).
 _FCM_TOL = 1e-3
 #: The noise edge of the residual rows' spectrum (failed groups): a drop of the squared singular values by this
@@ -1285,9 +1292,76 @@ def _above_the_noise(x: np.ndarray) -> np.ndarray:
     return (x64 @ evecs[:, : edges[-1] + 1]).astype(x.dtype)
 
 
+def _cross_residuals(
+    sim: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Residuals ``s_ij - mean_block(g_i, g_j)`` of pairs of classes in different groups.
+
+    All of them up to ``_SPREAD_SAMPLE`` pairs of classes, else that many drawn at random (a class, then a class
+    outside its group).
+    """
+    m = sim.shape[0]
+    if m * (m - 1) // 2 <= _SPREAD_SAMPLE:
+        i, j = np.triu_indices(m, 1)
+        cross = labels[i] != labels[j]
+        i, j = i[cross], j[cross]
+    else:
+        by_group = np.argsort(labels, kind="stable")
+        sizes = np.bincount(labels)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        i = rng.integers(0, m, _SPREAD_SAMPLE)
+        own = labels[i]
+        t = np.floor(rng.random(_SPREAD_SAMPLE) * (m - sizes[own])).astype(np.intp)  # a place outside i's group
+        t += np.where(t >= starts[own], sizes[own], 0)
+        j = by_group[t]
+    return sim[i, j] - block_mean[labels[i], labels[j]]
+
+
+def _residual_pairs(
+    sim: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, cut: float, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """The pairs ``i < j`` in different groups with a residual of at least ``cut`` (see ``_kernels.residual_pairs``)."""
+    if _kernels.available():
+        return _kernels.residual_pairs(sim, labels, block_mean, cut, cap)
+    m = sim.shape[0]
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    count, top = 0, -math.inf
+    for lo in range(0, m, _ROWS_CHUNK):
+        hi = min(lo + _ROWS_CHUNK, m)
+        res = sim[lo:hi] - block_mean[labels[lo:hi]][:, labels]
+        upper_cross = (labels[lo:hi, None] != labels[None, :]) & (np.arange(lo, hi)[:, None] < np.arange(m)[None, :])
+        if upper_cross.any():
+            top = max(top, float(res[upper_cross].max()))
+        i, j = np.nonzero(upper_cross & (res >= cut))
+        count += i.shape[0]
+        found.append((i + lo, j, res[i, j]))
+    rows, cols, vals = (np.concatenate(parts)[:cap] for parts in zip(*found))
+    return rows.astype(np.intp), cols.astype(np.intp), vals, count, top
+
+
+def _fuzzy_rows(graph: csr_matrix, seed: int) -> np.ndarray:
+    """The rows of the (symmetric) residual graph for fuzzy c-means.
+
+    Dense, or in the graph's dominant ``_SKETCH_DIM``-dimensional subspace for more rows (a random sparse sketch,
+    orthonormalised: one step of a randomised range finder); then in its directions above a clear noise edge
+    (:func:`_above_the_noise`).
+    """
+    n = graph.shape[0]
+    if n <= _SKETCH_DIM:
+        rows = graph.toarray().astype(np.float32)
+    else:
+        rng = np.random.default_rng(seed)
+        sketch = csr_matrix(
+            (rng.choice(np.array([-1.0, 1.0]), n), (np.arange(n), rng.integers(0, _SKETCH_DIM, n))),
+            shape=(n, _SKETCH_DIM),
+        )
+        basis = _orthonormal_basis(np.asarray((graph @ sketch).todense()))
+        rows = np.asarray(graph @ basis, dtype=np.float32)
+    return _above_the_noise(rows)
+
+
 def _failed_groups(
     sim: np.ndarray,
-    sim32: np.ndarray,
     labels: np.ndarray,
     blocks: tuple[np.ndarray, np.ndarray, np.ndarray],
     cohesion: float,
@@ -1299,14 +1373,18 @@ def _failed_groups(
 ) -> tuple[FailedGroup, ...]:
     """Mutually similar classes that the tree scatters over several groups.
 
-    Fuzzy c-means (``c`` in 2, 3, 5, 9, 17) on the rows of the residual matrix: the similarity minus the mean
-    similarity of the two classes' groups, i.e. what the flat groups do not already explain; for ``m > 48`` the rows
-    are taken in the residual's dominant 48-dimensional subspace, and in its directions above the noise edge of the
-    spectrum when it has a clear one (:func:`_above_the_noise`). A fuzzy cluster (membership above ``membership``)
-    is a failed group when its members span two groups or more, no group holds more than 3/4 of them, and the mean
-    similarity of members in *different* groups is at least ``ratio`` of the way from the mean between-group
-    similarity (``background``) to the mean within-group similarity (``cohesion``): measured from the background, so
-    that a matrix with a high similarity everywhere does not make every large set a failed group.
+    The residual of a pair of classes is their similarity minus the mean similarity of their two groups: what the
+    flat groups do not explain. The pairs in different groups whose residual stands out (at least ``cut``, the larger
+    of half the way from ``background`` to the failed-group threshold, and the noise level: the residual's robust
+    spread, ``1.4826`` times its median absolute deviation, times ``sqrt(2 ln P)`` for ``P`` pairs, the universal
+    threshold) form a sparse graph on the classes they touch. Candidates are its connected components and the fuzzy
+    clusters (membership above ``membership``) of fuzzy c-means (``c`` in 2, 3, 5, 9, 17, up to half the classes
+    touched) on the graph's rows (:func:`_fuzzy_rows`). A candidate is a failed group when its members span two
+    groups or more, no group holds more than 3/4 of them, and the mean similarity of members in *different* groups is
+    at least ``ratio`` of the way from the mean between-group similarity (``background``) to the mean within-group
+    similarity (``cohesion``), their mean residual at least ``cut``: measured from the background, so that a matrix
+    with a high similarity everywhere does not make every large set a failed group, and above the noise, so that a
+    few chance pairs among millions do not make one either.
     """
     m = sim.shape[0]
     sums, sizes, _ = blocks
@@ -1314,39 +1392,33 @@ def _failed_groups(
     if k < 2 or m < 6 or not math.isfinite(cohesion) or not cohesion > background:
         return ()
     block_mean = sums / np.outer(sizes, sizes)
-    onehot = np.zeros((m, k))
-    onehot[np.arange(m), labels] = 1.0
-    dim = _SKETCH_DIM
-    if m > dim:
-        # rows of the residual R = S - E B E^T in its dominant subspace, never forming R: a random sketch R P
-        # (P: one random sign per class, in a random one of `dim` columns: a sparse product, one pass over S),
-        # orthonormalised to Q, and the rows of R Q (one step of a randomised range finder). Dense blocks of R (the
-        # failed groups) dominate that subspace, the noise of the m - dim other directions is dropped.
-        def residual_times(p: np.ndarray | csr_matrix) -> np.ndarray:
-            if isinstance(p, csr_matrix):  # S P = (P^T S)^T, S being symmetric
-                out = np.ascontiguousarray(np.asarray(p.T.tocsr() @ sim32).T)
-                etp = np.asarray(p.T @ onehot).T
-            else:
-                out = sim32 @ p.astype(np.float32)
-                etp = onehot.T @ p
-            out -= (onehot @ (block_mean @ etp)).astype(np.float32)
-            return out
-
-        rng = np.random.default_rng(seed)
-        sketch = csr_matrix(
-            (rng.choice(np.array([-1.0, 1.0], dtype=np.float32), m), (np.arange(m), rng.integers(0, dim, m))),
-            shape=(m, dim),
-        )
-        basis = _orthonormal_basis(residual_times(sketch))
-        if basis.shape[1] == 0:  # the groups explain the matrix entirely
-            return ()
-        residual = residual_times(basis)
-    else:
-        residual = (sim - onehot @ block_mean @ onehot.T).astype(np.float32)
-    rows = _above_the_noise(residual)
-    columns = [u[:, j] for u in _fuzzy_cmeans(rows, _fcm_sizes(m), seed) for j in range(u.shape[1])]
-    member_sets = np.stack(columns, axis=1) >= membership  # (m, candidates)
     threshold = background + ratio * (cohesion - background)
+    rng = np.random.default_rng(seed)
+    sample = _cross_residuals(sim, labels, block_mean, rng)
+    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample)))) if sample.shape[0] else 0.0
+    cut = max((threshold - background) / 2, noise * math.sqrt(2.0 * math.log(m * (m - 1) / 2)))
+    cap = _PAIRS_PER_CLASS * m
+    rows, cols, vals, count, top = _residual_pairs(sim, labels, block_mean, cut, cap)
+    first = True
+    while count > cap:  # more pairs stand out than the graph keeps: raise the cut (a guess from the sample first)
+        above = float(np.mean(sample >= cut))
+        guess = float(np.quantile(sample, 1.0 - above * cap / (2 * count))) if first and above > 0 else cut
+        cut = guess if guess > cut else (cut + top) / 2
+        first = False
+        rows, cols, vals, count, top = _residual_pairs(sim, labels, block_mean, cut, cap)
+    active = np.unique(np.concatenate([rows, cols]))
+    n = active.shape[0]
+    if n < 3:
+        return ()
+    place = np.zeros(m, dtype=np.intp)
+    place[active] = np.arange(n)
+    graph = csr_matrix((np.concatenate([vals, vals]), (place[np.r_[rows, cols]], place[np.r_[cols, rows]])), (n, n))
+    n_parts, part = connected_components(graph, directed=False)
+    candidates = [active[part == p] for p in range(n_parts)]
+    sizes_c = [c for c in _FCM_CLUSTERS if c <= n // 2]
+    if sizes_c:
+        for u in _fuzzy_cmeans(_fuzzy_rows(graph, seed), sizes_c, seed):
+            candidates.extend(active[u[:, j] >= membership] for j in range(u.shape[1]))
     largest = min(max(m // 2, 3), 4000)
 
     def accept(members: np.ndarray) -> FailedGroup | None:
@@ -1359,14 +1431,14 @@ def _failed_groups(
         lab = labels[members]
         across = lab[:, None] != lab[None, :]
         mean_across = float(sim[np.ix_(members, members)][across].mean())
-        if mean_across < threshold:
+        if mean_across < threshold or mean_across - float(block_mean[lab[:, None], lab[None, :]][across].mean()) < cut:
             return None
         groups = tuple(int(g) for g in np.nonzero(spread)[0])
         return FailedGroup(members=tuple(members.tolist()), groups=groups, similarity=mean_across)
 
     out: dict[tuple[int, ...], FailedGroup] = {}
-    for j in range(member_sets.shape[1]):
-        found = accept(np.nonzero(member_sets[:, j])[0])
+    for members in candidates:
+        found = accept(members)
         if found is not None:
             out[found.members] = found
     sets = {key: set(key) for key in out}
@@ -1422,13 +1494,14 @@ def analyze(
             ``taxonomy_tree_corr`` to the metrics.
         split_ratio: two sub-blocks (of a cut into ``4 k`` groups) in different groups form a split group when
             their mean similarity is at least this fraction of the mean cohesion of their two groups.
-        failed_ratio: a fuzzy cluster spread over several groups is a failed group when the mean similarity of
-            its members that sit in different groups is at least this fraction of the way from the mean
-            between-group similarity to the mean within-group similarity.
+        failed_ratio: a candidate spread over several groups is a failed group when the mean similarity of its
+            members that sit in different groups is at least this fraction of the way from the mean between-group
+            similarity to the mean within-group similarity (and their mean residual stands out from the noise).
         failed_membership: fuzzy membership above which a class belongs to a fuzzy cluster.
-        find_failed: look for failed groups (fuzzy c-means on the rows of the residual matrix, the similarity
-            minus the block means of the flat groups, i.e. the structure the tree did not capture; in its dominant
-            48-dimensional subspace for more than 48 classes, and in its directions above a clear noise edge).
+        find_failed: look for failed groups: the pairs of classes in different groups whose residual (similarity
+            minus the mean similarity of their two groups, i.e. what the tree did not capture) stands out from the
+            noise form a sparse graph; its connected components and the fuzzy clusters of fuzzy c-means on its rows
+            are the candidates (see the README's "Split and failed groups").
         seed: seed of the fuzzy clustering (the result is deterministic for a seed).
 
     Returns:
@@ -1441,7 +1514,8 @@ def analyze(
         ValueError: for a matrix that is not square, symmetric and finite with ``m >= 2``; an unknown ``method`` or
             ``distance``; both ``n_groups`` and ``distance_threshold``; ``n_groups`` outside ``1..m``; a bad
             ``order``; ``class_names`` of the wrong length; a ``previous`` result over other classes;
-            ``optimal_ordering`` above 3,000 classes.
+            ``optimal_ordering`` above 3,000 classes; ``failed_ratio`` outside ``(0, 1]`` or ``failed_membership``
+            outside ``(0, 1)``.
 
     Example:
         >>> import numpy as np
@@ -1458,6 +1532,8 @@ def analyze(
     sim = as_similarity_matrix(similarity)
     m = sim.shape[0]
     check_group_args(n_groups, distance_threshold, max_groups, m)
+    _check_fraction("failed_ratio", failed_ratio, closed=True)
+    _check_fraction("failed_membership", failed_membership, closed=False)
     names = _check_names(class_names, m)
     if previous is not None and previous.num_classes != m:
         raise ValueError(
@@ -1562,7 +1638,6 @@ def analyze(
     if find_failed and k >= 2:
         failed = _failed_groups(
             sim,
-            sim32,
             labels,
             block_sums.blocks(labels),
             mean_within,
@@ -1703,6 +1778,20 @@ def check_group_args(n_groups: Any, distance_threshold: Any, max_groups: Any, m:
         raise ValueError(
             f"Expected argument `max_groups` to be an int larger than 1 (or None: the default), but got {max_groups!r}."
         )
+
+
+def _check_fraction(name: str, value: Any, closed: bool) -> None:
+    """``value`` must be a number in ``(0, 1]`` (``closed``) or ``(0, 1)``."""
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if not ok or not (0 < value < 1 or (closed and value == 1)):
+        interval = "(0, 1]" if closed else "(0, 1)"
+        raise ValueError(
+            f"Expected argument `{name}` to be a number in {interval}, but got {value!r}. Pass a fraction such as the "
+            f"default {_FRACTION_DEFAULTS[name]}."
+        )
+
+
+_FRACTION_DEFAULTS = {"failed_ratio": 0.5, "failed_membership": 0.3}
 
 
 def _positions(order: np.ndarray) -> np.ndarray:

@@ -336,3 +336,41 @@ def test_the_kernel_lets_other_threads_run() -> None:
     square = squareform(y)
     stall, took = _longest_stall(lambda: _kernels.nn_chain_linkage(square, "complete"))
     assert stall < took / 3, f"the loop stopped for {stall:.3f} s of the linkage's {took:.3f} s"
+
+
+def _residual_pairs_reference(sim, labels, block_mean, cut):
+    i, j = np.triu_indices(sim.shape[0], 1)
+    res = sim[i, j] - block_mean[labels[i], labels[j]]
+    cross = labels[i] != labels[j]
+    keep = cross & (res >= cut)
+    top = res[cross].max() if cross.any() else -np.inf
+    return i[keep], j[keep], res[keep], top
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_residual_pairs_as_numpy(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_classim.analysis import _residual_pairs
+
+    monkeypatch.setattr(_kernels, "ENABLED", compiled)
+    monkeypatch.setattr("lightning_classim.analysis._ROWS_CHUNK", 64)  # several chunks without the kernels
+    rng = np.random.default_rng(5)
+    sim = rng.uniform(-1, 1, (300, 300))
+    sim = (sim + sim.T) / 2
+    labels = rng.integers(0, 7, 300)
+    block_mean = rng.uniform(-0.2, 0.2, (7, 7))
+    block_mean = (block_mean + block_mean.T) / 2
+    i, j, res, top = _residual_pairs_reference(sim, labels, block_mean, 0.7)
+    assert 100 < i.shape[0] < 10_000
+    rows, cols, vals, count, got_top = _residual_pairs(sim, labels, block_mean, 0.7, 10**6)
+    np.testing.assert_array_equal(rows, i)
+    np.testing.assert_array_equal(cols, j)
+    np.testing.assert_allclose(vals, res, rtol=0, atol=1e-15)
+    assert (count, got_top) == (i.shape[0], pytest.approx(top, abs=1e-15))
+    # over the cap: the first `cap` pairs row by row, and the count of all of them
+    rows, cols, vals, count, _ = _residual_pairs(sim, labels, block_mean, 0.7, 50)
+    np.testing.assert_array_equal(rows, i[:50])
+    np.testing.assert_array_equal(cols, j[:50])
+    assert count == i.shape[0]
+    # one group: no pair in different groups
+    rows, _, _, count, got_top = _residual_pairs(sim, np.zeros(300, dtype=np.intp), np.zeros((1, 1)), 0.0, 10)
+    assert (rows.shape[0], count, got_top) == (0, 0, -np.inf)

@@ -429,6 +429,7 @@ def _residual_pairs(
     mat: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, cut: float, cap: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
     m = mat.shape[0]
+    k = block_mean.shape[0]
     rows = np.empty(cap, np.int64)
     cols = np.empty(cap, np.int64)
     vals = np.empty(cap, np.float64)
@@ -437,19 +438,25 @@ def _residual_pairs(
     for i in range(m):
         li = labels[i]
         means = block_mean[li]
+        lowest = np.inf
+        for g in range(k):
+            if g != li and means[g] < lowest:
+                lowest = means[g]
+        bound = cut + lowest - 1e-9  # no pair of row i below it can reach the cut (with room for rounding)
         row = mat[i]
         for j in range(i + 1, m):
-            lj = labels[j]
-            if lj != li:
-                r = row[j] - means[lj]
-                if r > top:
-                    top = r
-                if r >= cut:
-                    if count < cap:
-                        rows[count] = i
-                        cols[count] = j
-                        vals[count] = r
-                    count += 1
+            if row[j] >= bound:
+                lj = labels[j]
+                if lj != li:
+                    r = row[j] - means[lj]
+                    if r >= cut:
+                        if r > top:
+                            top = r
+                        if count < cap:
+                            rows[count] = i
+                            cols[count] = j
+                            vals[count] = r
+                        count += 1
     kept = min(count, cap)
     return rows[:kept], cols[:kept], vals[:kept], count, top
 
@@ -686,7 +693,7 @@ def residual_pairs(
     """Pairs ``i < j`` of classes in different groups whose residual ``mat[i, j] - block_mean[g_i, g_j]`` is ``>= cut``.
 
     Returns the first ``cap`` such pairs (row by row: rows, columns, residuals), the number of all of them, and the
-    largest residual of a pair in different groups (``-inf`` if there is none).
+    largest of their residuals (``-inf`` if there is none).
 
     Example:
         >>> import numpy as np

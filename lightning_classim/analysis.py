@@ -56,7 +56,7 @@ _FCM_RESTARTS = 2
 #: Dimension of the residual's dominant subspace in which the failed groups are looked for.
 _SKETCH_DIM = 48
 #: Pairs of classes whose residual spread (failed groups) is estimated from: all of them up to this many, else a sample.
-_SPREAD_SAMPLE = 1 << 13
+_SPREAD_SAMPLE = 1 << 12
 #: The failed-group search keeps at most this many residual pairs per class (the highest, when more stand out).
 _PAIRS_PER_CLASS = 32
 #: Rows per chunk of the numpy pass over the residual pairs (without the kernels).
@@ -1330,11 +1330,11 @@ def _residual_pairs(
         hi = min(lo + _ROWS_CHUNK, m)
         res = sim[lo:hi] - block_mean[labels[lo:hi]][:, labels]
         upper_cross = (labels[lo:hi, None] != labels[None, :]) & (np.arange(lo, hi)[:, None] < np.arange(m)[None, :])
-        if upper_cross.any():
-            top = max(top, float(res[upper_cross].max()))
         i, j = np.nonzero(upper_cross & (res >= cut))
         count += i.shape[0]
         found.append((i + lo, j, res[i, j]))
+        if i.shape[0]:
+            top = max(top, float(found[-1][2].max()))
     rows, cols, vals = (np.concatenate(parts)[:cap] for parts in zip(*found))
     return rows.astype(np.intp), cols.astype(np.intp), vals, count, top
 

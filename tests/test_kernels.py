@@ -343,7 +343,7 @@ def _residual_pairs_reference(sim, labels, block_mean, cut):
     res = sim[i, j] - block_mean[labels[i], labels[j]]
     cross = labels[i] != labels[j]
     keep = cross & (res >= cut)
-    top = res[cross].max() if cross.any() else -np.inf
+    top = res[keep].max() if keep.any() else -np.inf
     return i[keep], j[keep], res[keep], top
 
 

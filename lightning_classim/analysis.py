@@ -53,7 +53,7 @@ _TREE_COPHENET_MIN = 1500
 _FCM_CLUSTERS = (2, 3, 5, 9, 17)
 #: Seeded restarts of fuzzy c-means per number of clusters (the best objective is kept).
 _FCM_RESTARTS = 2
-#: Dimension of the residual's dominant subspace in which the failed groups are looked for.
+#: Dimension of the residual graph's dominant subspace in which fuzzy c-means clusters its rows (failed groups).
 _SKETCH_DIM = 48
 #: Pairs of classes whose residual spread (failed groups) is estimated from: all of them up to this many, else a sample.
 _SPREAD_SAMPLE = 1 << 12

@@ -1403,7 +1403,8 @@ def _failed_groups(
     while count > cap:  # more pairs stand out than the graph keeps: raise the cut (a guess from the sample first)
         above = float(np.mean(sample >= cut))
         guess = float(np.quantile(sample, 1.0 - above * cap / (2 * count))) if first and above > 0 else cut
-        cut = guess if guess > cut else (cut + top) / 2
+        # halfway to the largest; past it when all the pairs left tie there (then none is kept)
+        cut = guess if guess > cut else (cut + top) / 2 if top > cut else float(np.nextafter(top, np.inf))
         first = False
         rows, cols, vals, count, top = _residual_pairs(sim, labels, block_mean, cut, cap)
     active = np.unique(np.concatenate([rows, cols]))

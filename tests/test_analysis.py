@@ -807,6 +807,12 @@ def test_failed_groups_when_many_pairs_stand_out(monkeypatch):
         members = np.asarray(f.members)
         lab = res.groups[members]
         assert sim[np.ix_(members, members)][lab[:, None] != lab[None, :]].mean() >= threshold
+    # without noise all 900 pairs tie at the largest residual: the cut passes it and the graph keeps none
+    calls.clear()
+    exact = level[sub][:, sub]
+    np.fill_diagonal(exact, 1.0)
+    assert analyze(exact, n_groups=2).failed_groups == ()
+    assert calls[-1][1] == 0 and calls[-1][0] > 0.375
     # with room for all 900 pairs: the two similar sub-groups form one failed group (mean across 0.5 >= 0.46)
     monkeypatch.setattr(analysis_module, "_PAIRS_PER_CLASS", 32)
     full = analyze(sim, n_groups=2)

@@ -1167,13 +1167,13 @@ def _orthonormal_basis(y: np.ndarray) -> np.ndarray:
     return y64 @ (evecs[:, keep] / np.sqrt(evals[keep]))
 
 
-def _fcm_sizes(m: int) -> list[int]:
-    """Numbers of fuzzy clusters tried.
+def _fcm_sizes(n: int) -> list[int]:
+    """Numbers of fuzzy clusters tried on ``n`` rows: those of ``_FCM_CLUSTERS`` up to ``n // 2`` (maybe none).
 
     Roughly doubling, so that one of them has about one cluster per failed group plus one for the rest, whatever the
     number of failed groups (up to 16).
     """
-    return [c for c in _FCM_CLUSTERS if c < m // 2] or [2]
+    return [c for c in _FCM_CLUSTERS if c <= n // 2]
 
 
 def _plus_plus_seeds(x: np.ndarray, sq_rows: np.ndarray, runs: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -1344,7 +1344,7 @@ def _fuzzy_rows(graph: csr_matrix, seed: int) -> np.ndarray:
 
     Dense, or in the graph's dominant ``_SKETCH_DIM``-dimensional subspace for more rows (a random sparse sketch,
     orthonormalised: one step of a randomised range finder); then in its directions above a clear noise edge
-    (:func:`_above_the_noise`).
+    (:func:`_above_the_noise`). No columns when the sketch of the graph vanishes.
     """
     n = graph.shape[0]
     if n <= _SKETCH_DIM:
@@ -1356,6 +1356,8 @@ def _fuzzy_rows(graph: csr_matrix, seed: int) -> np.ndarray:
             shape=(n, _SKETCH_DIM),
         )
         basis = _orthonormal_basis(np.asarray((graph @ sketch).todense()))
+        if basis.shape[1] == 0:
+            return np.zeros((n, 0), dtype=np.float32)
         rows = np.asarray(graph @ basis, dtype=np.float32)
     return _above_the_noise(rows)
 
@@ -1416,9 +1418,9 @@ def _failed_groups(
     graph = csr_matrix((np.concatenate([vals, vals]), (place[np.r_[rows, cols]], place[np.r_[cols, rows]])), (n, n))
     n_parts, part = connected_components(graph, directed=False)
     candidates = [active[part == p] for p in range(n_parts)]
-    sizes_c = [c for c in _FCM_CLUSTERS if c <= n // 2]
-    if sizes_c:
-        for u in _fuzzy_cmeans(_fuzzy_rows(graph, seed), sizes_c, seed):
+    fuzzy_rows = _fuzzy_rows(graph, seed) if _fcm_sizes(n) else None
+    if fuzzy_rows is not None and fuzzy_rows.shape[1]:
+        for u in _fuzzy_cmeans(fuzzy_rows, _fcm_sizes(n), seed):
             candidates.extend(active[u[:, j] >= membership] for j in range(u.shape[1]))
     largest = min(max(m // 2, 3), 4000)
 
@@ -1533,8 +1535,8 @@ def analyze(
     sim = as_similarity_matrix(similarity)
     m = sim.shape[0]
     check_group_args(n_groups, distance_threshold, max_groups, m)
-    _check_fraction("failed_ratio", failed_ratio, closed=True)
-    _check_fraction("failed_membership", failed_membership, closed=False)
+    _check_fraction("failed_ratio", failed_ratio, 0.5, closed=True)
+    _check_fraction("failed_membership", failed_membership, 0.3, closed=False)
     names = _check_names(class_names, m)
     if previous is not None and previous.num_classes != m:
         raise ValueError(
@@ -1781,18 +1783,15 @@ def check_group_args(n_groups: Any, distance_threshold: Any, max_groups: Any, m:
         )
 
 
-def _check_fraction(name: str, value: Any, closed: bool) -> None:
+def _check_fraction(name: str, value: Any, default: float, closed: bool) -> None:
     """``value`` must be a number in ``(0, 1]`` (``closed``) or ``(0, 1)``."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     if not ok or not (0 < value < 1 or (closed and value == 1)):
         interval = "(0, 1]" if closed else "(0, 1)"
         raise ValueError(
             f"Expected argument `{name}` to be a number in {interval}, but got {value!r}. Pass a fraction such as the "
-            f"default {_FRACTION_DEFAULTS[name]}."
+            f"default {default}."
         )
-
-
-_FRACTION_DEFAULTS = {"failed_ratio": 0.5, "failed_membership": 0.3}
 
 
 def _positions(order: np.ndarray) -> np.ndarray:

@@ -832,3 +832,15 @@ def test_failed_groups_when_many_pairs_stand_out(monkeypatch):
 def test_failed_group_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         analyze(np.eye(4), **kwargs)
+
+
+def test_fuzzy_rows_of_a_graph_whose_sketch_vanishes():
+    # no direction to cluster in: no columns (and no NaN from an empty spectrum), so fuzzy c-means is skipped
+    from scipy.sparse import csr_matrix
+
+    from lightning_classim.analysis import _SKETCH_DIM, _fuzzy_rows
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the median of an empty spectrum would warn
+        rows = _fuzzy_rows(csr_matrix((_SKETCH_DIM + 12, _SKETCH_DIM + 12)), seed=0)
+    assert rows.shape == (_SKETCH_DIM + 12, 0)

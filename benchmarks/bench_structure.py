@@ -18,8 +18,8 @@ For each m, on a similarity matrix of realistic structure (the correlation of lo
   of the linkage" leaves for the silhouettes, summaries, split and failed groups.
 * ``analyze, numpy and scipy only``: the same with the compiled kernels turned off (``LIGHTNING_CLASSIM_NUMBA=0``),
   i.e. scipy's linkage inside.
-* ``linkage``: the compiled nearest-neighbour chain that ``analyze`` uses (``lightning_classim._kernels``, equal to
-  scipy's bit for bit; timed with making the square matrix it works in, as ``analyze`` makes it) next to scipy's
+* ``linkage``: the compiled nearest-neighbour chain that ``analyze`` uses (``lightning_classim.structure._kernels``,
+  equal to scipy's bit for bit; timed with making the square matrix it works in, as ``analyze`` makes it) next to scipy's
   bare linkage call on a condensed vector.
 * ``stall``: the longest pause of a Python loop on the main thread while ``analyze`` runs on a worker thread (as the
   callback's ``async_analysis`` does), with and without the compiled kernels: scipy's linkage holds the GIL.
@@ -46,8 +46,9 @@ import numpy as np
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
-from lightning_classim import _kernels, analyze, render_heatmap, save_png
-from lightning_classim.analysis import _TREE_COPHENET_MIN
+from lightning_classim import analyze, render_heatmap, save_png
+from lightning_classim.structure import _kernels
+from lightning_classim.structure._analyze import TREE_COPHENET_MIN
 
 
 def similarity(m: int, seed: int = 0) -> np.ndarray:
@@ -113,27 +114,29 @@ def required_steps(sim: np.ndarray, repeats: int) -> dict[str, float]:
     """Best-of times of the steps every analysis needs (package internals: this is a benchmark, not an API)."""
     from scipy.cluster.hierarchy import cophenet
 
-    from lightning_classim.analysis import _BlockSums, _Distances, _leaf_order, _merge_ranges, as_similarity_matrix
+    from lightning_classim.structure._backend import ops
+    from lightning_classim.structure._groups import BlockSums
+    from lightning_classim.structure._tree import Distances, as_similarity_matrix, children, leaf_order
 
     m = sim.shape[0]
     condensed = squareform(1 - sim, checks=False)
     z = linkage(condensed, "complete")
-    order = _leaf_order(z)
-    ranges = _merge_ranges(z, order)
+    order = leaf_order(z)
+    ranges = ops().merge_ranges(children(z), order)
     labels = np.arange(m) % max(2, min(120, m // 2))
     compiled = _kernels.available()
     steps = {
         "input check": lambda: as_similarity_matrix(sim),
-        "moments of the pairs": lambda: _Distances(sim, "correlation", "complete").moments,
+        "moments of the pairs": lambda: Distances(sim, "correlation", "complete").moments,
         "linkage": lambda: (
             _kernels.nn_chain_linkage(_kernels.one_minus(sim), "complete")
             if compiled
             else linkage(condensed, "complete")
         ),
-        "leaf order": lambda: _leaf_order(z),
-        "one pass of group sums": lambda: _BlockSums(sim, labels),
+        "leaf order": lambda: leaf_order(z),
+        "one pass of group sums": lambda: BlockSums(sim, labels),
     }
-    if m < _TREE_COPHENET_MIN:  # above it, the cophenetic sums come from the fine block sums of the silhouettes
+    if m < TREE_COPHENET_MIN:  # above it, the cophenetic sums come from the fine block sums of the silhouettes
         steps["cophenetic sums"] = lambda: (
             _kernels.merge_cross_sums(sim, order, ranges) if compiled else float(np.dot(cophenet(z), condensed))
         )

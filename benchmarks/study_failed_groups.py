@@ -7,9 +7,9 @@ The matrices come from ``planted_failed_groups`` in ``bench_structure.py`` besid
 The search (:func:`lightning_classim.analyze`, ``find_failed=True``) keeps the pairs of classes in different groups
 whose residual (similarity minus the mean of their two groups) stands out from the noise, and takes as candidates the
 connected components of that graph and the fuzzy clusters of fuzzy c-means on its rows. Besides the default, this
-study runs each source alone: "components only" (no fuzzy c-means: ``_FCM_CLUSTERS = ()``) and "fuzzy c-means only"
-(no components). The variants set module attributes of :mod:`lightning_classim.analysis` (package internals: this is
-a study, not an API).
+study runs each source alone: "components only" (no fuzzy c-means: ``FCM_CLUSTERS = ()``) and "fuzzy c-means only"
+(no components). The variants set module attributes of :mod:`lightning_classim.structure._failed` (package
+internals: this is a study, not an API).
 
 Matrices: sub-groups of ``per`` classes (the correlation of a shared factor per sub-group plus noise), with ``failed``
 planted failed groups of ``size`` classes, one from each of ``size`` different sub-groups, sharing an extra factor of
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from bench_structure import planted_failed_groups
 
-import lightning_classim.analysis as analysis_module
+import lightning_classim.structure._failed as analysis_module
 from lightning_classim import analyze
 
 
@@ -39,7 +39,7 @@ def _no_components(graph: Any, directed: bool = False) -> tuple[int, np.ndarray]
 
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "components only": {"_FCM_CLUSTERS": ()},
+    "components only": {"FCM_CLUSTERS": ()},
     "fuzzy c-means only": {"connected_components": _no_components},
 }
 

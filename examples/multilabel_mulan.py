@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_classim import ClassSimilarityCallback, Source
+from lightning_classim import ClassSimilarityCallback, CooccurrenceSource, StructureOptions
 from lightning_classim.datasets import read_mulan
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mulan" / "enron"
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> Path:
     taxonomy = [n.split(".")[0] for n in names] if all("." in n for n in names) else None
     # co-occurrence is sparse (most label pairs never occur together: distance exactly 1), so complete linkage ties;
     # average linkage groups it
-    sources = ["scores", Source("cooccurrence", method="average")]
+    sources = ["scores", CooccurrenceSource(StructureOptions(method="average"))]
     callback = ClassSimilarityCallback(
         len(names), class_names=names, multilabel=True, taxonomy=taxonomy, sources=sources
     )
@@ -96,8 +96,8 @@ def side_by_side(save_dir: Path, out: Path) -> Path:
     from lightning_classim import render_heatmap, save_png
     from lightning_classim.artifacts import list_snapshots, load_snapshot
 
-    scores = load_snapshot(list_snapshots(save_dir)[-1])
-    cooc = load_snapshot(list_snapshots(save_dir / "sources" / "cooccurrence")[-1])
+    scores = load_snapshot(list_snapshots(save_dir)[-1]).result
+    cooc = load_snapshot(list_snapshots(save_dir / "sources" / "cooccurrence")[-1]).result
     off = cooc.similarity[~np.eye(len(cooc.order), dtype=bool)]
     left = render_heatmap(scores.similarity, scores.order, scores.groups, max_pixels=600)
     right = render_heatmap(cooc.similarity, scores.order, scores.groups, max_pixels=600, cmap="magma", vmin=0,

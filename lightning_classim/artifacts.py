@@ -27,11 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from lightning_classim.analysis import StructureResult
 from lightning_classim.render import save_png
+from lightning_classim.structure import StructureResult
 
 FORMAT_VERSION = 1
 _SNAPSHOT = re.compile(r"^epoch=(\d+)-step=(\d+)$")
+#: The keys of ``summary.json`` that :meth:`StructureResult.to_dict` writes.
+_RESULT_KEYS = frozenset(
+    ("num_classes", "n_groups", "metrics", "groups", "split_groups", "failed_groups", "silhouettes", "notes")
+)
+_ARRAYS = ("similarity", "order", "linkage", "groups")
 
 __all__ = ["FORMAT_VERSION", "Snapshot", "list_snapshots", "load_snapshot", "write_run_info", "write_snapshot"]
 
@@ -77,10 +82,8 @@ def write_snapshot(
     """Write one epoch's file set (see the module docstring) and return its folder."""
     folder = snapshot_dir(save_dir, epoch, step)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_npy(folder / "similarity.npy", result.similarity.astype(np.float32))
-    _atomic_npy(folder / "order.npy", result.order.astype(np.int64))
-    _atomic_npy(folder / "linkage.npy", result.linkage.astype(np.float64))
-    _atomic_npy(folder / "groups.npy", result.groups.astype(np.int64))
+    for name, array in result.arrays().items():
+        _atomic_npy(folder / f"{name}.npy", array)
     _atomic_json(folder / "class_names.json", list(result.class_names))
     _atomic_json(folder / "summary.json", {"epoch": epoch, "step": step, **(extra or {}), **result.to_dict()})
     if image is not None:
@@ -92,22 +95,26 @@ def write_snapshot(
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One epoch's artifacts, loaded back."""
+    """One epoch's files, loaded back: where they are, the epoch and step, the result, and what else was saved.
+
+    Attributes:
+        path: the snapshot's folder.
+        epoch: the epoch.
+        step: the global step.
+        result: the :class:`~lightning_classim.StructureResult`, as the analysis made it.
+        extra: the other keys of ``summary.json`` (e.g. ``source`` and ``constant_classes``).
+    """
 
     path: Path
     epoch: int
     step: int
-    similarity: np.ndarray
-    order: np.ndarray
-    linkage: np.ndarray
-    groups: np.ndarray
-    class_names: tuple[str, ...]
-    summary: dict[str, Any]
+    result: StructureResult
+    extra: dict[str, Any]
 
     @property
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, float]:
         """The structure scalars of this epoch."""
-        return dict(self.summary.get("metrics", {}))
+        return dict(self.result.metrics)
 
 
 def list_snapshots(save_dir: str | Path) -> list[Path]:
@@ -126,34 +133,23 @@ def load_snapshot(folder: str | Path) -> Snapshot:
 
     Raises:
         FileNotFoundError: if a file of the set is missing.
-        ValueError: if a file is corrupt or the shapes do not agree.
+        ValueError: if a file is corrupt or the files do not agree.
     """
     path = Path(folder)
     try:
         summary = json.loads((path / "summary.json").read_text())
         names = json.loads((path / "class_names.json").read_text())
-        sim = np.load(path / "similarity.npy", allow_pickle=False)
-        order = np.load(path / "order.npy", allow_pickle=False)
-        link = np.load(path / "linkage.npy", allow_pickle=False)
-        groups = np.load(path / "groups.npy", allow_pickle=False)
+        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, json.JSONDecodeError) as err:
+    except (ValueError, OSError, EOFError, json.JSONDecodeError) as err:
         raise ValueError(f"Corrupt snapshot in {path}: {err}") from err
-    m = sim.shape[0] if sim.ndim == 2 else -1
-    if sim.ndim != 2 or sim.shape != (m, m) or order.shape != (m,) or groups.shape != (m,) or len(names) != m:
-        raise ValueError(
-            f"Corrupt snapshot in {path}: similarity {sim.shape}, order {order.shape}, groups {groups.shape} and "
-            f"{len(names)} class names do not agree."
-        )
-    return Snapshot(
-        path=path,
-        epoch=int(summary.get("epoch", -1)),
-        step=int(summary.get("step", -1)),
-        similarity=sim,
-        order=order,
-        linkage=link,
-        groups=groups,
-        class_names=tuple(str(n) for n in names),
-        summary=summary,
-    )
+    if not isinstance(summary, dict) or not isinstance(names, list):
+        raise ValueError(f"Corrupt snapshot in {path}: summary.json or class_names.json does not hold what it should.")
+    try:
+        result = StructureResult.from_parts(arrays, summary, names)
+    except ValueError as err:
+        raise ValueError(f"Corrupt snapshot in {path}: {err}") from err
+    extra = {k: v for k, v in summary.items() if k not in _RESULT_KEYS and k not in ("epoch", "step")}
+    return Snapshot(path=path, epoch=int(summary.get("epoch", -1)), step=int(summary.get("step", -1)), result=result,
+                    extra=extra)  # fmt: skip

@@ -10,7 +10,6 @@ around superclass centres, so the model should learn a two-level hierarchy. Clas
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DemoClassifier", "hierarchical_data", "main", "run_demo"]
+__all__ = ["DemoClassifier", "hierarchical_data", "loaders", "run_cli", "run_demo"]
 
 SUPERCLASSES: dict[str, list[str]] = {
     "vehicle": ["car", "truck", "bus", "bicycle", "motorbike", "tram"],
@@ -152,28 +151,19 @@ def run_demo(out_dir: str | Path = "classim_demo", epochs: int = 12, seed: int =
     return callback.save_dir
 
 
-def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``classim demo`` with parsed arguments."""
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+def run_cli(out: str | Path, epochs: int, seed: int, progress: bool = True) -> int:
+    """Run ``classim demo``: train, then print where everything is and how to look at it."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start = time.perf_counter()
-    artifacts = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    artifacts = run_demo(out, epochs=epochs, seed=seed, progress=progress)
     last = sorted(p for p in artifacts.iterdir() if p.is_dir())[-1]
     print(f"\nDone in {time.perf_counter() - start:.0f} s. Per-epoch files: {artifacts}")
     print(f"Last heatmap: {last / 'heatmap.png'}")
     print("View the structure forming, epoch by epoch, with:\n")
-    print(f"    tensorboard --logdir {args.out} --samples_per_plugin images=1000\n")
+    print(f"    tensorboard --logdir {out} --samples_per_plugin images=1000\n")
     print(
         "(TensorBoard keeps only 10 images per tag by default, too few to follow the evolution; images=1000 keeps "
         "up to 1000 epochs. On TensorBoard 2.21, images=0 shows no image at all.)"
     )
     print(f"A report of the run: classim report {artifacts}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``classim demo`` on its own (same as ``classim demo ...``)."""
-    from lightning_classim.__main__ import main as classim_main
-
-    return classim_main(["demo", *(argv or [])])

@@ -8,20 +8,21 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_classim.functional import (
+from lightning_classim._streaming import (
+    Block,
     NanStrategy,
     ScoresType,
     UndefinedPolicy,
-    _Block,
-    _check_args,
-    _check_preds,
-    _class_similarity_compute,
-    _class_similarity_update,
-    _finite_rows,
-    _fold_block,
-    _transform_scores,
-    _warn_constant,
+    check_args,
+    check_preds,
+    compute_matrix,
+    finite_rows,
+    fold_block,
+    transform_scores,
+    update_block,
+    warn_undefined,
 )
+from lightning_classim._validation import check_bool
 
 __all__ = ["ClassSimilarity"]
 
@@ -103,10 +104,10 @@ class ClassSimilarity(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_args(num_classes, scores, nan_strategy, undefined)
+        num_classes = check_args(num_classes, scores, nan_strategy, undefined)
         self.num_classes = num_classes
         self.scores: ScoresType = scores
-        self.multilabel = bool(multilabel)
+        self.multilabel = check_bool("multilabel", multilabel)
         self.nan_strategy: NanStrategy = nan_strategy
         self.undefined: UndefinedPolicy = undefined
         m = num_classes
@@ -116,7 +117,7 @@ class ClassSimilarity(Metric):
         self.add_state("vmin", torch.full((m,), float("inf"), dtype=torch.float64), dist_reduce_fx="min")
         self.add_state("vmax", torch.full((m,), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
         self.add_state("skipped", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        self._block: _Block | None = None
+        self._block: Block | None = None
         self._block_open = False
         self._block_len = 0
         #: Indices of the classes whose score never varied, set by :meth:`compute`.
@@ -135,18 +136,18 @@ class ClassSimilarity(Metric):
             TypeError: if ``preds`` is not a floating point tensor.
             ValueError: if ``preds`` is not of shape ``(N, num_classes)``.
         """
-        _check_preds(preds, self.num_classes)
+        check_preds(preds, self.num_classes)
         if preds.shape[0] == 0:
             return
         if preds.device != self.device:
             self.to(preds.device)
-        x = _transform_scores(preds, self.scores, self.multilabel)
+        x = transform_scores(preds, self.scores, self.multilabel)
         mask = None
         if self.nan_strategy == "skip":
-            mask = _finite_rows(x)
+            mask = finite_rows(x)
             self.skipped += (~mask).sum()
         fresh = not self._block_open
-        self._block, vmin, vmax = _class_similarity_update(x, self._block, mask, fresh=fresh)
+        self._block, vmin, vmax = update_block(x, self._block, mask, fresh=fresh)
         self._block_open = True
         self._block_len += x.shape[0]
         self.vmin = torch.minimum(self.vmin, vmin)
@@ -161,17 +162,17 @@ class ClassSimilarity(Metric):
             ValueError: if fewer than 2 samples (with finite scores) were seen over all processes, or if scores
                 were non-finite and ``nan_strategy="error"``.
         """
-        result = _class_similarity_compute(self.n, self.s1, self.s2, self.vmin, self.vmax, self.undefined)
+        result = compute_matrix(self.n, self.s1, self.s2, self.vmin, self.vmax, self.undefined)
         self.constant_classes = result.constant.cpu()
         self.num_skipped = int(self.skipped.item())
-        _warn_constant(self.constant_classes, self.undefined)
+        warn_undefined(self.constant_classes, self.undefined)
         return result.matrix
 
     # -- the pending block must be folded into the float64 states before anything reads or merges them --
 
     def _fold(self) -> None:
         if self._block_open and self._block is not None:
-            _fold_block(self._block, self.n, self.s1, self.s2)
+            fold_block(self._block, self.n, self.s1, self.s2)
         self._block_open = False
         self._block_len = 0
 

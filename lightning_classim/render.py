@@ -6,17 +6,82 @@ global figure registry to leak into), and :func:`render_heatmap` is a colour loo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lightning_classim.analysis import _check_order
+from lightning_classim._validation import check_finite_number, check_int, check_order
 
-__all__ = ["plot_dendrogram", "plot_matrix", "render_heatmap", "save_png"]
+__all__ = [
+    "HeatmapOptions",
+    "check_cmap",
+    "grid_image",
+    "plot_dendrogram",
+    "plot_matrix",
+    "render_heatmap",
+    "save_png",
+]
 
 _NAN_RGB = (200, 200, 200)
+#: The largest side of a rendered heatmap, in pixels (8192 x 8192 RGB is 201 MB).
+MAX_SIDE = 8192
+
+
+def check_cmap(cmap: object) -> str:
+    """``cmap`` if it names a matplotlib colormap.
+
+    Raises:
+        ValueError: naming the value and a colormap to try.
+    """
+    import matplotlib
+
+    if not isinstance(cmap, str) or cmap not in matplotlib.colormaps:
+        raise ValueError(
+            f"Expected argument `cmap` to be a matplotlib colormap name, but got {cmap!r}. Try 'RdBu_r' or 'magma'."
+        )
+    return cmap
+
+
+def _check_pixels(max_pixels: object, min_pixels: object) -> tuple[int, int]:
+    """The sides in pixels: ``max_pixels`` in 16..8192, ``min_pixels`` in 1..8192 (at most ``max_pixels`` is used)."""
+    sides = []
+    for name, value, low in (("max_pixels", max_pixels, 16), ("min_pixels", min_pixels, 1)):
+        number = check_int(name, value, low, f"Pass a side in pixels, {low}..{MAX_SIDE}.")
+        if number > MAX_SIDE:
+            raise ValueError(
+                f"Expected argument `{name}` to be an int in {low}..{MAX_SIDE}, but got {value!r}. Pass a side in "
+                f"pixels (a {MAX_SIDE} x {MAX_SIDE} image takes 201 MB)."
+            )
+        sides.append(number)
+    return sides[0], min(sides[1], sides[0])
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """How the callback draws its heatmaps.
+
+    Args:
+        max_pixels: largest side of the image; larger matrices are block-averaged (16..8192).
+        cmap: matplotlib colormap of correlations (rates and IoU use magma).
+
+    Raises:
+        ValueError: for a side outside 16..8192 or an unknown colormap.
+
+    Example:
+        >>> HeatmapOptions(max_pixels=512).cmap
+        'RdBu_r'
+    """
+
+    max_pixels: int = 1024
+    cmap: str = "RdBu_r"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_pixels", _check_pixels(self.max_pixels, 1)[0])
+        check_cmap(self.cmap)
 
 
 def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
@@ -33,12 +98,7 @@ def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
 def _lut(cmap: str) -> np.ndarray:
     import matplotlib
 
-    try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError:
-        raise ValueError(
-            f"Expected argument `cmap` to be a matplotlib colormap name, but got {cmap!r}. Try 'RdBu_r' or 'magma'."
-        ) from None
+    colormap = matplotlib.colormaps[check_cmap(cmap)]
     return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
@@ -99,12 +159,12 @@ def render_heatmap(
 
     Args:
         matrix: ``(m, m)`` numpy array or torch tensor. NaN cells are drawn grey.
-        order: the row/column order, a permutation of ``range(m)`` (default: as given), or a reference run's folder
-            (its last epoch's order), so that two runs are drawn in one order.
+        order: the row/column order, a permutation of ``range(m)`` (default: as given); a reference run's order
+            comes from :func:`lightning_classim.runs.reference_order`.
         groups: a group label per class (original class order); the boundaries are drawn where the label changes
             along ``order``.
-        max_pixels: largest side of the image; ``m`` above it is block-averaged.
-        min_pixels: smallest side; ``m`` below it is enlarged by an integer factor.
+        max_pixels: largest side of the image (16..8192); ``m`` above it is block-averaged.
+        min_pixels: smallest side (1..``max_pixels``); ``m`` below it is enlarged by an integer factor.
         cmap: matplotlib colormap name.
         vmin: value mapped to the first colour.
         vmax: value mapped to the last colour.
@@ -115,7 +175,7 @@ def render_heatmap(
 
     Raises:
         ValueError: if the matrix is not square, ``order`` is not a permutation, ``groups`` has the wrong length,
-            ``vmax <= vmin``, ``max_pixels < 16`` or ``cmap`` is unknown.
+            ``vmin`` or ``vmax`` is not finite or ``vmax <= vmin``, a side is out of range or ``cmap`` is unknown.
 
     Example:
         >>> import numpy as np
@@ -125,16 +185,12 @@ def render_heatmap(
     """
     mat = _as_square(matrix)
     m = mat.shape[0]
+    vmin, vmax = check_finite_number("vmin", vmin), check_finite_number("vmax", vmax)
     if not vmax > vmin:
         raise ValueError(f"Expected `vmax` > `vmin`, but got vmin={vmin} and vmax={vmax}.")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 16:
-        raise ValueError(f"Expected argument `max_pixels` to be an int of at least 16, but got {max_pixels!r}.")
+    max_pixels, min_pixels = _check_pixels(max_pixels, min_pixels)
     lut = _lut(cmap)
-    if isinstance(order, (str, Path)):
-        from lightning_classim.runs import reference_order
-
-        order = reference_order(order, m)
-    idx = _check_order(order, m) if order is not None else np.arange(m)
+    idx = check_order(order, m) if order is not None else np.arange(m)
     factor = -(-m // max_pixels)
     block = _ordered_block_mean(mat, idx, factor) if factor > 1 else None
     if block is not None:
@@ -184,6 +240,23 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return out
 
 
+def grid_image(images: list[np.ndarray], labels: list[str], cols: int) -> np.ndarray:
+    """Square images of one size side by side, ``cols`` to a row, each with its label above it (RGB ``uint8``)."""
+    from PIL import Image, ImageDraw
+
+    size = images[0].shape[0]
+    rows = math.ceil(len(images) / cols)
+    pad, caption = 6, 16
+    canvas = Image.new("RGB", (cols * (size + pad) + pad, rows * (size + pad + caption) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        r, c = divmod(i, cols)
+        x, y = pad + c * (size + pad), pad + r * (size + pad + caption)
+        draw.text((x, y), label, fill="black")
+        canvas.paste(Image.fromarray(img), (x, y + caption))
+    return np.asarray(canvas)
+
+
 def plot_matrix(
     matrix: Any,
     order: Any = None,
@@ -223,7 +296,7 @@ def plot_matrix(
 
     mat = _as_square(matrix)
     m = mat.shape[0]
-    idx = _check_order(order, m) if order is not None else np.arange(m)
+    idx = check_order(order, m) if order is not None else np.arange(m)
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(m)]
     if len(names) != m:
         raise ValueError(f"Expected argument `class_names` to name all {m} classes, but got {len(names)} names.")
@@ -284,7 +357,7 @@ def plot_dendrogram(
 
     z = np.asarray(linkage, dtype=np.float64)
     m = z.shape[0] + 1
-    idx = _check_order(order, m) if order is not None else leaves_list(z)
+    idx = check_order(order, m) if order is not None else leaves_list(z)
     xpos = np.zeros(2 * m - 1)
     xpos[idx] = np.arange(m)
     height = np.zeros(2 * m - 1)

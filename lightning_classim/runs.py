@@ -8,30 +8,18 @@ analysed epoch, see :mod:`lightning_classim.artifacts`). Any folder that holds e
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.cluster.hierarchy import cophenet
-from scipy.optimize import linear_sum_assignment
 
-from lightning_classim.analysis import _condensed, _pearson, adjusted_rand_index
 from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot
-from lightning_classim.render import render_heatmap, save_png
+from lightning_classim.render import grid_image, render_heatmap, save_png
+from lightning_classim.structure import agreement
 
-__all__ = [
-    "RunError",
-    "compare_runs",
-    "export_tree",
-    "find_run",
-    "group_changes",
-    "load_run",
-    "reference_order",
-    "write_report",
-]
+__all__ = ["Run", "RunError", "compare_runs", "compare_table", "export_tree", "find_run", "load_run", "reference_order"]
 
 
 class RunError(Exception):
@@ -49,7 +37,7 @@ class Run:
     @property
     def num_classes(self) -> int:
         """Number of classes."""
-        return int(self.snapshots[-1].similarity.shape[0])
+        return self.snapshots[-1].result.num_classes
 
     def at_epoch(self, epoch: int | None) -> Snapshot:
         """The snapshot of ``epoch`` (the last one if ``None``).
@@ -114,7 +102,7 @@ def load_run(path: str | Path) -> Run:
             snaps.append(load_snapshot(p))
         except (OSError, ValueError) as err:
             raise RunError(f"{p} is corrupt or incomplete: {err}") from None
-    sizes = {s.similarity.shape[0] for s in snaps}
+    sizes = {s.result.num_classes for s in snaps}
     if len(sizes) != 1:
         raise RunError(f"{folder} mixes epochs with different numbers of classes: {sorted(sizes)}.")
     return Run(path=folder, info=info, snapshots=tuple(snaps))
@@ -127,7 +115,7 @@ def reference_order(reference: Any, num_classes: int | None = None) -> np.ndarra
         RunError: if the folder cannot be read, or the order does not fit ``num_classes``.
     """
     if isinstance(reference, (str, Path)):
-        order = load_run(reference).snapshots[-1].order
+        order = load_run(reference).snapshots[-1].result.order
     else:
         order = np.asarray(reference)
     if num_classes is not None and (order.ndim != 1 or order.shape[0] != num_classes):
@@ -136,217 +124,6 @@ def reference_order(reference: Any, num_classes: int | None = None) -> np.ndarra
             f"has {num_classes}."
         )
     return order.astype(np.intp)
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-
-def group_changes(before: Snapshot, after: Snapshot) -> list[dict[str, Any]]:
-    """Classes that changed group between two epochs.
-
-    Groups are renumbered every epoch, so the groups of ``after`` are first matched to those of ``before`` by
-    largest overlap (a linear assignment on the contingency table); a class changed group when its group in
-    ``after`` is not matched to its group in ``before``.
-
-    Returns:
-        One dict per moved class: ``class``, ``name``, ``from_group``, ``to_group`` (groups as numbered in each
-        epoch).
-    """
-    a, b = before.groups, after.groups
-    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
-    np.add.at(table, (a, b), 1)
-    rows, cols = linear_sum_assignment(-table)
-    match = dict(zip(cols.tolist(), rows.tolist()))
-    moved = []
-    for i in range(len(a)):
-        if match.get(int(b[i])) != int(a[i]):
-            moved.append({"class": i, "name": after.class_names[i], "from_group": int(a[i]), "to_group": int(b[i])})
-    return moved
-
-
-def _metrics_figure(run: Run) -> Any:
-    from matplotlib.figure import Figure
-
-    keys = [
-        k
-        for k in ("n_groups", "within_minus_between", "cophenetic_corr", "drift", "group_ari", "offdiag_skew",
-                  "taxonomy_ari", "taxonomy_tree_corr")
-        if any(k in s.metrics and s.metrics[k] is not None for s in run.snapshots)
-    ]  # fmt: skip
-    cols = 2
-    rows = max(1, math.ceil(len(keys) / cols))
-    fig = Figure(figsize=(10, 2.6 * rows), layout="constrained")
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        points = [(s.epoch, s.metrics[key]) for s in run.snapshots if s.metrics.get(key) is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    return fig
-
-
-def _silhouette_curves(run: Run, most: int = 6) -> list[tuple[int, dict[int, float]]]:
-    """The mean silhouette over the number of groups of up to ``most`` evenly spaced epochs (those that have one)."""
-    curves = []
-    for s in run.snapshots:
-        curve = {int(k): float(v) for k, v in s.summary.get("silhouettes", {}).items() if v is not None}
-        if curve:
-            curves.append((s.epoch, curve))
-    if len(curves) > most:
-        curves = [curves[i] for i in sorted(set(np.linspace(0, len(curves) - 1, most).round().astype(int).tolist()))]
-    return curves
-
-
-def _silhouette_figure(curves: list[tuple[int, dict[int, float]]]) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.4), layout="constrained")
-    ax = fig.add_subplot()
-    for epoch, curve in curves:
-        ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker=".", label=f"epoch {epoch}")
-    ax.set_xlabel("number of groups")
-    ax.set_ylabel("mean silhouette")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return fig
-
-
-def _grid(images: list[np.ndarray], labels: list[str], cols: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    size = images[0].shape[0]
-    rows = math.ceil(len(images) / cols)
-    pad, caption = 6, 16
-    canvas = Image.new("RGB", (cols * (size + pad) + pad, rows * (size + pad + caption) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        r, c = divmod(i, cols)
-        x, y = pad + c * (size + pad), pad + r * (size + pad + caption)
-        draw.text((x, y), label, fill="black")
-        canvas.paste(Image.fromarray(img), (x, y + caption))
-    return np.asarray(canvas)
-
-
-def write_report(path: str | Path, out: str | Path | None = None, max_pixels: int = 384) -> Path:
-    """Write a report of one run: scalars over epochs, all heatmaps in one order (grid and GIF), group changes.
-
-    Files (in ``out``, default ``<run>/report``): ``report.md`` (open this), ``metrics.png``, ``heatmaps.png``,
-    ``evolution.gif``, ``changes.json``, ``report.json`` and, when the automatic choice chose the groups,
-    ``silhouettes.png`` (mean silhouette over the number of groups, up to six epochs).
-
-    Returns:
-        The report folder.
-
-    Raises:
-        RunError: if the run cannot be read, or ``out`` lies inside an epoch folder.
-    """
-    from PIL import Image
-
-    run = load_run(path)
-    folder = Path(out) if out is not None else run.path / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    last = run.snapshots[-1]
-    order = last.order
-    images = [render_heatmap(s.similarity, order, last.groups, max_pixels=max_pixels, min_pixels=max_pixels // 2)
-              for s in run.snapshots]  # fmt: skip
-    labels = [f"epoch {s.epoch}" for s in run.snapshots]
-    save_png(_grid(images, labels, cols=min(4, len(images))), folder / "heatmaps.png")
-    frames = [Image.fromarray(img) for img in images]
-    frames[0].save(folder / "evolution.gif", save_all=True, append_images=frames[1:], duration=700, loop=0)
-    fig = _metrics_figure(run)
-    fig.savefig(folder / "metrics.png", dpi=80)
-    curves = _silhouette_curves(run)
-    if curves:
-        _silhouette_figure(curves).savefig(folder / "silhouettes.png", dpi=80)
-    changes: list[dict[str, Any]] = [
-        {"from_epoch": a.epoch, "to_epoch": b.epoch, "moved": group_changes(a, b)}
-        for a, b in zip(run.snapshots[:-1], run.snapshots[1:])
-    ]
-    (folder / "changes.json").write_text(json.dumps(changes, indent=1))
-    summary = last.summary
-    lines = [
-        f"# Class-similarity report: {run.path}",
-        "",
-        f"{run.num_classes} classes, {len(run.snapshots)} analysed epochs "
-        f"({', '.join(str(s.epoch) for s in run.snapshots)}), scores: {run.info.get('scores', '?')}.",
-        "",
-        "## Structure over epochs",
-        "",
-        "![metrics](metrics.png)",
-        "",
-        "| epoch | groups | within - between | cophenetic corr | drift | group ARI |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for s in run.snapshots:
-        m = s.metrics
-        lines.append(
-            f"| {s.epoch} | {_num(m.get('n_groups'), 0)} | {_num(m.get('within_minus_between'))} | "
-            f"{_num(m.get('cophenetic_corr'))} | {_num(m.get('drift'))} | {_num(m.get('group_ari'))} |"
-        )
-    lines += [
-        "",
-        "## Heatmaps of every epoch, in the last epoch's order",
-        "",
-        "![heatmaps](heatmaps.png)",
-        "",
-        "Animated: [evolution.gif](evolution.gif)",
-        "",
-        "## Classes that changed group",
-        "",
-    ]
-    for change in changes:
-        names = [m["name"] for m in change["moved"]]
-        shown = ", ".join(names[:30]) + (f", ... (+{len(names) - 30})" if len(names) > 30 else "")
-        lines.append(f"- epoch {change['from_epoch']} -> {change['to_epoch']}: {len(names)} moved. {shown}")
-    if not changes:
-        lines.append("- only one epoch was analysed.")
-    if curves:
-        lines += [
-            "",
-            "## Mean silhouette over the number of groups",
-            "",
-            "![silhouettes](silhouettes.png)",
-            "",
-            "The automatic choice is each curve's highest point; other peaks are other levels of the hierarchy, "
-            "to pick with `n_groups`.",
-        ]
-    lines += ["", f"## Groups at epoch {last.epoch}", "", _groups_markdown(summary)]
-    lines += [f"\nNote: {note}" for note in summary.get("notes", [])]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-    report = {
-        "run": str(run.path),
-        "num_classes": run.num_classes,
-        "epochs": [s.epoch for s in run.snapshots],
-        "metrics": [{"epoch": s.epoch, **s.metrics} for s in run.snapshots],
-        "changes": changes,
-        "final_groups": summary.get("groups", []),
-        "silhouettes": [{"epoch": epoch, **{str(k): v for k, v in curve.items()}} for epoch, curve in curves],
-    }
-    (folder / "report.json").write_text(json.dumps(report, indent=1))
-    return folder
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return ""
-    return f"{float(value):.{digits}f}"
-
-
-def _groups_markdown(summary: dict[str, Any], max_members: int = 15) -> str:
-    lines = [
-        "| group | size | cohesion | separation | nearest | members |",
-        "| ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for g in summary.get("groups", []):
-        names = g["names"][:max_members]
-        more = f", ... (+{g['size'] - max_members})" if g["size"] > max_members else ""
-        lines.append(
-            f"| {g['group']} | {g['size']} | {_num(g['cohesion'], 2)} | {_num(g['separation'], 2)} | "
-            f"{'' if g['nearest'] is None else g['nearest']} | {', '.join(names)}{more} |"
-        )
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- compare
@@ -375,56 +152,53 @@ def compare_runs(
         raise RunError(f"compare needs two runs or more, but got {len(paths)}.")
     runs = [load_run(p) for p in paths]
     snaps = [r.at_epoch(epoch) for r in runs]
-    m = snaps[0].similarity.shape[0]
+    m = snaps[0].result.num_classes
     for r, s in zip(runs, snaps):
-        if s.similarity.shape[0] != m:
+        if s.result.num_classes != m:
             raise RunError(
                 f"Runs with different numbers of classes cannot be compared: {runs[0].path} has {m}, {r.path} has "
-                f"{s.similarity.shape[0]}."
+                f"{s.result.num_classes}."
             )
-    base = snaps[0]
+    base = snaps[0].result
+    names = base.class_names
     k = min(neighbours, m - 1)
     results = []
     for run, snap in zip(runs[1:], snaps[1:]):
-        names_match = snap.class_names == base.class_names
         nn_a = _neighbours(base.similarity, k)
-        nn_b = _neighbours(snap.similarity, k)
+        nn_b = _neighbours(snap.result.similarity, k)
         overlap = np.array([len(set(nn_a[i]) & set(nn_b[i])) / k for i in range(m)])
         worst = np.argsort(overlap, kind="stable")[:10]
         results.append(
             {
                 "run": str(run.path),
                 "epoch": snap.epoch,
-                "same_class_names": names_match,
-                "matrix_corr": _pearson(
-                    _condensed(base.similarity.astype(np.float64)), _condensed(snap.similarity.astype(np.float64))
-                ),
-                "group_ari": adjusted_rand_index(base.groups, snap.groups),
-                "cophenetic_corr": _pearson(cophenet(base.linkage), cophenet(snap.linkage)),
+                "same_class_names": snap.result.class_names == names,
+                **agreement(base, snap.result),
                 "neighbour_overlap_mean": float(overlap.mean()),
                 "most_changed_neighbours": [
                     {
                         "class": int(i),
-                        "name": base.class_names[i],
+                        "name": names[i],
                         "overlap": float(overlap[i]),
-                        "neighbours_first": [base.class_names[j] for j in nn_a[i]],
-                        "neighbours_this": [base.class_names[j] for j in nn_b[i]],
+                        "neighbours_first": [names[j] for j in nn_a[i]],
+                        "neighbours_this": [names[j] for j in nn_b[i]],
                     }
                     for i in worst
                 ],
             }
         )
     report: dict[str, Any] = {
-        "first": {"run": str(runs[0].path), "epoch": base.epoch},
+        "first": {"run": str(runs[0].path), "epoch": snaps[0].epoch},
         "num_classes": m,
         "neighbours": k,
         "comparisons": results,
     }
     if out is not None:
-        images = [render_heatmap(s.similarity, base.order, base.groups, max_pixels=512, min_pixels=256) for s in snaps]
+        images = [render_heatmap(s.result.similarity, base.order, base.groups, max_pixels=512, min_pixels=256)
+                  for s in snaps]  # fmt: skip
         labels = [f"{r.path.name if r.path.name != 'classim' else r.path.parent.name} (epoch {s.epoch})"
                   for r, s in zip(runs, snaps)]  # fmt: skip
-        report["png"] = str(save_png(_grid(images, labels, cols=len(images)), out))
+        report["png"] = str(save_png(grid_image(images, labels, cols=len(images)), out))
     return report
 
 
@@ -480,9 +254,9 @@ def export_tree(path: str | Path, fmt: str = "json", epoch: int | None = None) -
     if fmt not in ("json", "newick"):
         raise RunError(f"Unknown export format {fmt!r}; use 'json' or 'newick'.")
     snap = load_run(path).at_epoch(epoch)
-    z = snap.linkage
+    z = snap.result.linkage
     m = z.shape[0] + 1
-    names = snap.class_names
+    names = snap.result.class_names
     height = np.concatenate([np.zeros(m), z[:, 2]])
     if fmt == "json":
         nodes: list[dict[str, Any]] = [{"id": i, "name": names[i], "class": i, "height": 0.0} for i in range(m)]

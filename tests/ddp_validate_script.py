@@ -5,14 +5,14 @@ import sys
 import pytorch_lightning as pl
 import torch
 
-from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, MetricSource
 from lightning_classim.demo import DemoClassifier, loaders
 from lightning_classim.sources import ClassFeatureSimilarity
 
 CUSTOM = {  # views of one's own, given as metric objects
-    "probs": lambda: Source("probs", metric=ClassSimilarity(12, scores="probs")),
-    "body_means": lambda: Source(
-        "body_means", metric=ClassFeatureSimilarity(12, 32), inputs=("features:body", "target")
+    "probs": lambda: MetricSource("probs", ClassSimilarity(12, scores="probs")),
+    "body_means": lambda: MetricSource(
+        "body_means", ClassFeatureSimilarity(12, 32), inputs=("features:body", "target")
     ),
 }
 

@@ -19,7 +19,8 @@ from lightning_classim import (
     compare_structures,
     taxonomy_agreement,
 )
-from lightning_classim.analysis import default_max_groups, notes_not_warned
+from lightning_classim.options import default_max_groups
+from lightning_classim.structure import notes_not_warned
 
 
 @pytest.fixture
@@ -390,15 +391,35 @@ def test_bad_matrices(matrix, pattern):
         ({"method": "ward2"}, r"`method` to be one of \['single', 'complete', .*\], but got 'ward2'"),
         ({"distance": "cosine"}, r"`distance` to be one of \['correlation', 'rows'\], but got 'cosine'"),
         ({"n_groups": 2, "distance_threshold": 0.5}, r"only one of `n_groups` and `distance_threshold`"),
-        ({"n_groups": 0}, r"`n_groups` to be an int in 1..4, but got 0"),
-        ({"n_groups": 2.0}, r"`n_groups` to be an int in 1..4, but got 2.0"),
-        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1 \(or None: the default\), but got 1"),
+        ({"n_groups": 0}, r"`n_groups` to be an int of at least 1, but got 0"),
+        ({"n_groups": 2.0}, r"`n_groups` to be an int of at least 1, but got 2.0"),
+        ({"n_groups": 5}, r"`n_groups` to be an int in 1..4 \(the number of classes\), but got 5"),
+        ({"max_groups": 1}, r"`max_groups` to be an int of at least 2, but got 1\. Pass None for the default"),
         ({"class_names": ["a"]}, r"`class_names` to name all 4 classes, but got 1 names"),
     ],
 )
 def test_bad_options(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         analyze(np.eye(4), **kwargs)
+
+
+def test_unknown_option_and_options_of_the_wrong_type():
+    with pytest.raises(TypeError, match=r"Unknown structure options \['colour'\]; the options are \['clip_negative'"):
+        analyze(np.eye(4), method="average", colour=1)
+    with pytest.raises(TypeError, match=r"`options` to be a StructureOptions, but got dict\. Pass options"):
+        analyze(np.eye(4), {"n_groups": 2})
+
+
+def test_options_object_and_keywords_give_the_same_analysis(planted):
+    from lightning_classim import StructureOptions
+
+    sim, _, _ = planted
+    a = analyze(sim, StructureOptions(method="average", n_groups=3))
+    b = analyze(sim, method="average", n_groups=3)
+    c = analyze(sim, StructureOptions(method="average"), n_groups=3)  # keywords change the options given
+    for other in (b, c):
+        np.testing.assert_array_equal(a.linkage, other.linkage)
+        assert a.to_dict() == other.to_dict()
 
 
 def test_optimal_ordering_warns_above_1000():
@@ -665,7 +686,7 @@ def test_notes_are_kept_in_the_result_and_warned_unless_quiet_in_this_thread():
 def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):
     # memberships u_ic = (1/d_ic^2)^(1/(f-1)) / sum_j (1/d_ij^2)^(1/(f-1)) and centres = sum_i u_ic^f x_i / sum_i
     # u_ic^f, with fuzzifier f = 1.5 (Bezdek); written here from the formulas, in float64
-    from lightning_classim.analysis import _fuzzy_cmeans
+    from lightning_classim.structure._failed import fuzzy_cmeans as _fuzzy_cmeans
 
     x = np.concatenate([rng.standard_normal((40, 5)) + 4 * rng.standard_normal(5) for _ in range(4)])
     for u in _fuzzy_cmeans(x.astype(np.float32), [2, 3, 5], seed=0, iters=500):
@@ -683,7 +704,7 @@ def test_fuzzy_cmeans_returns_a_fixed_point_of_the_textbook_updates(rng):
 def test_residual_rows_keep_the_directions_above_the_noise_edge(rng):
     # singular values with a clear edge after 3 directions: the rows are taken in those 3 (same inner products as
     # numpy's rank-3 SVD approximation); a smoothly decaying spectrum has no edge, and the rows stay as they are
-    from lightning_classim.analysis import _above_the_noise
+    from lightning_classim.structure._failed import above_the_noise as _above_the_noise
 
     u, _ = np.linalg.qr(rng.standard_normal((200, 20)))
     v, _ = np.linalg.qr(rng.standard_normal((20, 20)))
@@ -698,7 +719,8 @@ def test_residual_rows_keep_the_directions_above_the_noise_edge(rng):
 
 
 def test_cross_residuals_all_pairs_or_a_sample_outside_the_group():
-    from lightning_classim.analysis import _SPREAD_SAMPLE, _cross_residuals
+    from lightning_classim.structure._failed import SPREAD_SAMPLE as _SPREAD_SAMPLE
+    from lightning_classim.structure._failed import cross_residuals as _cross_residuals
 
     rng = np.random.default_rng(3)
     small = rng.uniform(-1, 1, (60, 60))
@@ -725,7 +747,7 @@ def _three_groups_with_a_triple(noise, seed=0):
     lab = np.repeat(np.arange(3), 20)
     sim = np.where(lab[:, None] == lab[None, :], 0.8, 0.0)
     e = noise * rng.standard_normal((60, 60))
-    sim = sim + np.triu(e, 1) + np.triu(e, 1).T
+    sim = np.clip(sim + np.triu(e, 1) + np.triu(e, 1).T, -1.0, 1.0)  # similarities stay in [-1, 1]
     triple = np.array([0, 20, 40])
     sim[np.ix_(triple, triple)] = 0.5
     np.fill_diagonal(sim, 1.0)
@@ -779,18 +801,19 @@ def test_failed_groups_when_many_pairs_stand_out(monkeypatch):
     # cross-group pairs far above the cut (a quarter of them, so that the noise spread stays small). The graph keeps
     # about the highest
     # `_PAIRS_PER_CLASS * m` of them (raising the cut), and the groups reported still pass the test
-    import lightning_classim.analysis as analysis_module
+    import lightning_classim.structure._failed as failed_module
+    from lightning_classim.structure._backend import ops
 
     calls = []
-    original = analysis_module._residual_pairs
+    original = ops().residual_pairs
 
     def recording(sim, labels, block_mean, cut, cap):
         out = original(sim, labels, block_mean, cut, cap)
         calls.append((cut, out[3], cap))
         return out
 
-    monkeypatch.setattr(analysis_module, "_PAIRS_PER_CLASS", 1)
-    monkeypatch.setattr(analysis_module, "_residual_pairs", recording)
+    monkeypatch.setattr(failed_module, "PAIRS_PER_CLASS", 1)
+    monkeypatch.setattr(ops(), "residual_pairs", recording)
     sub = np.repeat(np.arange(4), 30)
     level = np.array([[0.9, 0.7, 0.5, 0.0], [0.7, 0.9, 0.0, 0.0], [0.5, 0.0, 0.9, 0.7], [0.0, 0.0, 0.7, 0.9]])
     noise = 0.01 * np.random.default_rng(4).standard_normal((120, 120))
@@ -814,7 +837,7 @@ def test_failed_groups_when_many_pairs_stand_out(monkeypatch):
     assert analyze(exact, n_groups=2).failed_groups == ()
     assert calls[-1][1] == 0 and calls[-1][0] > 0.375
     # with room for all 900 pairs: the two similar sub-groups form one failed group (mean across 0.5 >= 0.46)
-    monkeypatch.setattr(analysis_module, "_PAIRS_PER_CLASS", 32)
+    monkeypatch.setattr(failed_module, "PAIRS_PER_CLASS", 32)
     full = analyze(sim, n_groups=2)
     assert [f.members for f in full.failed_groups] == [tuple(range(30)) + tuple(range(60, 90))]
 
@@ -838,7 +861,8 @@ def test_fuzzy_rows_of_a_graph_whose_sketch_vanishes():
     # no direction to cluster in: no columns (and no NaN from an empty spectrum), so fuzzy c-means is skipped
     from scipy.sparse import csr_matrix
 
-    from lightning_classim.analysis import _SKETCH_DIM, _fuzzy_rows
+    from lightning_classim.structure._failed import SKETCH_DIM as _SKETCH_DIM
+    from lightning_classim.structure._failed import fuzzy_rows as _fuzzy_rows
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the median of an empty spectrum would warn

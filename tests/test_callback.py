@@ -18,9 +18,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from scipy.spatial.distance import squareform
 
-from lightning_classim import ClassSimilarityCallback
+from lightning_classim import ClassSimilarityCallback, StructureOptions
 from lightning_classim.artifacts import list_snapshots, load_snapshot
 from lightning_classim.demo import DemoClassifier, loaders
+from lightning_classim.render import HeatmapOptions
 
 M = 12  # 3 superclasses x 4 subclasses
 DATA = {"superclasses": 3, "subclasses": 4, "dim": 16}
@@ -142,7 +143,7 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
     # disk artifacts load back and agree with the model's logits
     snaps = list_snapshots(cb.save_dir)
     assert len(snaps) == 3
-    last = load_snapshot(snaps[-1])
+    last = load_snapshot(snaps[-1]).result
     assert last.class_names == tuple(names)
     ref = np.corrcoef(logits_of(net, val), rowvar=False)
     np.testing.assert_allclose(last.similarity, ref, atol=1e-5)
@@ -170,7 +171,7 @@ def test_validate_alone_and_module_hook(tmp_path):
     snaps = list_snapshots(tmp_path / "out")
     assert len(snaps) == 1
     ref = np.corrcoef(logits_of(net, val), rowvar=False)
-    np.testing.assert_allclose(load_snapshot(snaps[0]).similarity, ref, atol=1e-5)
+    np.testing.assert_allclose(load_snapshot(snaps[0]).result.similarity, ref, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -207,9 +208,41 @@ def test_resume_from_checkpoint_continues_change_metrics(tmp_path):
     assert "drift" in cb2.history[0], "the first epoch after resuming is compared with the last one before"
     snaps = [load_snapshot(p) for p in list_snapshots(tmp_path / "out")]
     assert [s.epoch for s in snaps] == [0, 1, 2]
-    a = squareform(snaps[1].similarity - np.eye(M, dtype=np.float32), checks=False)
-    b = squareform(snaps[2].similarity - np.eye(M, dtype=np.float32), checks=False)
+    a = squareform(snaps[1].result.similarity - np.eye(M, dtype=np.float32), checks=False)
+    b = squareform(snaps[2].result.similarity - np.eye(M, dtype=np.float32), checks=False)
     assert cb2.history[0]["drift"] == pytest.approx(1 - np.corrcoef(a, b)[0, 1], abs=1e-6)
+
+
+def assert_same_result(a, b) -> None:
+    for name in ("similarity", "order", "linkage", "groups"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.class_names == b.class_names
+    assert a.to_dict() == b.to_dict()
+    assert (a.n_groups, a.summary, a.split_groups, a.failed_groups, a.notes) == (
+        b.n_groups, b.summary, b.split_groups, b.failed_groups, b.notes
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_last_result_after_resume_is_what_was_saved(tmp_path):
+    # one result, one shape: in memory, on disk and in the checkpoint; after resuming, `last_result` is the saved one
+    train, val, names, _ = small_loaders()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    sources = ["scores", "weights:fc"]
+    cb = ClassSimilarityCallback(M, class_names=names, save_dir=tmp_path / "out", sources=sources)
+    trainer(tmp_path, [cb, ckpt], epochs=2, enable_checkpointing=True).fit(model(), train, val)
+    saved = cb.last_result
+    assert saved is not None and saved.n_groups >= 2 and saved.summary
+    assert_same_result(load_snapshot(list_snapshots(tmp_path / "out")[-1]).result, saved)
+
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)  # tensors and plain data only
+    assert any(key.startswith("ClassSimilarityCallback") for key in checkpoint["callbacks"])
+    resumed = ClassSimilarityCallback(M, class_names=names, save_dir=tmp_path / "out2", sources=sources)
+    t2 = trainer(tmp_path, [resumed], epochs=2)  # max_epochs reached: restores the state, runs no epoch
+    t2.fit(model(), train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.history == []
+    assert_same_result(resumed.last_result, saved)
+    assert_same_result(resumed.last_results["weights:fc"], cb.last_results["weights:fc"])
 
 
 class BrokenLogger(Logger):
@@ -259,7 +292,9 @@ def test_analysis_errors_are_reported_not_lost(tmp_path, async_analysis):
 @pytest.mark.slow
 def test_choice_at_max_groups_warns_once_and_default_range_does_not(tmp_path):
     train, val, _, _ = small_loaders()
-    capped = ClassSimilarityCallback(M, save_dir=tmp_path / "capped", max_groups=2, sources=["scores", "weights:fc"])
+    capped = ClassSimilarityCallback(
+        M, save_dir=tmp_path / "capped", options=StructureOptions(max_groups=2), sources=["scores", "weights:fc"]
+    )
     free = ClassSimilarityCallback(M, save_dir=tmp_path / "free", tag_prefix="classim_free")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -268,7 +303,7 @@ def test_choice_at_max_groups_warns_once_and_default_range_does_not(tmp_path):
     assert len(said) == 2, said  # once per source and fit, not every epoch
     assert said[0].startswith("ClassSimilarityCallback: at epoch 0 the automatic choice picked 2 groups")
     assert said[1].startswith("ClassSimilarityCallback: at epoch 0, source 'weights:fc': the automatic choice picked 2")
-    assert all("Pass `max_groups` larger than 2" in text for text in said)
+    assert all("Pass `StructureOptions(max_groups=...)` larger than 2" in text for text in said)
     summary = json.loads((list_snapshots(tmp_path / "capped")[-1] / "summary.json").read_text())
     assert list(summary["silhouettes"]) == ["2"] and summary["n_groups"] == 2
     # 12 classes: the default range 2..11 covers every cut, so a choice at its top is no reason to warn
@@ -308,15 +343,13 @@ def test_no_logger_and_no_save_dir_fails_at_setup(tmp_path):
         ({"num_classes": 1}, r"`num_classes` to be an int larger than 1, but got 1"),
         ({"scores": "softmax"}, r"`scores` to be one of"),
         ({"class_names": ["a"]}, r"`class_names` to name all 4 classes, but got 1 names"),
-        ({"every_n_epochs": 0}, r"`every_n_epochs` to be a positive int, but got 0"),
+        ({"every_n_epochs": 0}, r"`every_n_epochs` to be an int of at least 1, but got 0"),
         ({"tag_prefix": "/x/"}, r"`tag_prefix` to be a non-empty name without leading or trailing '/', but got '/x/'"),
-        ({"method": "ward2"}, r"`method` to be one of"),
-        ({"distance": "cos"}, r"`distance` to be one of"),
-        ({"n_groups": 9}, r"`n_groups` to be an int in 1..4, but got 9"),
-        ({"n_groups": 2, "distance_threshold": 0.3}, r"only one of `n_groups` and `distance_threshold`"),
-        ({"max_groups": 1}, r"`max_groups` to be an int larger than 1 \(or None: the default\), but got 1"),
-        ({"cmap": "nope"}, r"`cmap` to be a matplotlib colormap name"),
-        ({"max_pixels": 3}, r"`max_pixels` to be an int of at least 16"),
+        ({"options": {"method": "average"}}, r"`options` to be a StructureOptions or None, but got dict\. Example"),
+        ({"options": StructureOptions(n_groups=9)}, r"`n_groups` to be an int in 1..4 \(the number of classes\), but"),
+        ({"heatmap": "big"}, r"`heatmap` to be a HeatmapOptions or None, but got str"),
+        ({"multilabel": "no"}, r"`multilabel` to be True or False, but got 'no'"),
+        ({"async_analysis": 1}, r"`async_analysis` to be True or False, but got 1"),
         ({"taxonomy": [0, 1]}, r"`taxonomy` to give one label per class \(4\) at every level, but level 0 has 2"),
     ],
 )
@@ -324,6 +357,28 @@ def test_bad_arguments_raise_at_construction(kwargs, pattern):
     args = {"num_classes": 4, **kwargs}
     with pytest.raises(ValueError, match=pattern):
         ClassSimilarityCallback(**args)
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda: StructureOptions(method="ward2"), r"`method` to be one of"),
+        (lambda: StructureOptions(distance="cos"), r"`distance` to be one of"),
+        (lambda: StructureOptions(n_groups=2, distance_threshold=0.3), r"only one of `n_groups` and `distance_thre"),
+        (lambda: StructureOptions(max_groups=1), r"`max_groups` to be an int of at least 2, but got 1"),
+        (lambda: HeatmapOptions(cmap="nope"), r"`cmap` to be a matplotlib colormap name, but got 'nope'"),
+        (lambda: HeatmapOptions(max_pixels=3), r"`max_pixels` to be an int of at least 16, but got 3"),
+        (lambda: HeatmapOptions(max_pixels=10**6), r"`max_pixels` to be an int in 16..8192, but got 1000000"),
+    ],
+)
+def test_bad_options_raise_where_they_are_made(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def test_integer_like_num_classes():
+    assert ClassSimilarityCallback(np.int64(5)).num_classes == 5
+    assert ClassSimilarityCallback(torch.tensor(5)).num_classes == 5
 
 
 def test_lightning_cli_yaml(tmp_path):
@@ -338,15 +393,19 @@ def test_lightning_cli_yaml(tmp_path):
         "        num_classes: 12\n"
         "        scores: ranks\n"
         "        every_n_epochs: 2\n"
-        "        method: average\n"
-        "        n_groups: 3\n"
+        "        options:\n"
+        "          method: average\n"
+        "          n_groups: 3\n"
+        "          failed_ratio: 0.6\n"
+        "        heatmap: {max_pixels: 512}\n"
         "        sources:\n"
         "          - scores\n"
-        "          - class_path: lightning_classim.Source\n"
-        "            init_args: {spec: cooccurrence, method: single}\n"
-        "          - class_path: lightning_classim.Source\n"
+        "          - class_path: lightning_classim.CooccurrenceSource\n"
         "            init_args:\n"
-        "              spec: probs\n"
+        "              options: {method: single, max_groups: 5}\n"
+        "          - class_path: lightning_classim.MetricSource\n"
+        "            init_args:\n"
+        "              name: probs\n"
         "              metric:\n"
         "                class_path: lightning_classim.ClassSimilarity\n"
         "                init_args: {num_classes: 12, scores: probs}\n"
@@ -358,11 +417,14 @@ def test_lightning_cli_yaml(tmp_path):
     assert len(cbs) == 1
     cb = cbs[0]
     assert (cb.num_classes, cb.scores, cb.every_n_epochs) == (12, "ranks", 2)
-    assert cb.analysis_kwargs["method"] == "average" and cb.analysis_kwargs["n_groups"] == 3
-    assert [(src.spec, src.kind, src.method) for src in cb.sources] == [
-        ("scores", "scores", None), ("cooccurrence", "cooccurrence", "single"), ("probs", "custom", None)
-    ]  # fmt: skip
-    assert cb.sources[2].metric is not None and cb.sources[2].metric.scores == "probs"
+    assert cb.options == StructureOptions(method="average", n_groups=3, failed_ratio=0.6)
+    assert cb.heatmap == HeatmapOptions(max_pixels=512)
+    assert [(src.name, type(src).__name__, src.options) for src in cb.sources] == [
+        ("scores", "ScoresSource", None),
+        ("cooccurrence", "CooccurrenceSource", StructureOptions(method="single", max_groups=5)),
+        ("probs", "MetricSource", None),
+    ]
+    assert cb.sources[2].metric.scores == "probs"
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("scores: ranks", "scores: softmax"))
     with pytest.raises(SystemExit):
@@ -387,7 +449,7 @@ def test_ddp_trainer_matches_single_process(tmp_path, devices):
         assert proc.returncode == 0, proc.stderr[-3000:]
         snaps = list_snapshots(out / "classim")
         assert len(snaps) == 1
-        outs[n] = load_snapshot(snaps[0]).similarity
+        outs[n] = load_snapshot(snaps[0]).result.similarity
     np.testing.assert_allclose(outs[devices], outs[1], atol=1e-5)
 
 
@@ -458,8 +520,12 @@ def test_history_is_empty_before_fit():
     assert cb.history == [] and cb.last_result is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cb.state_dict() == {"version": 1}
+        assert cb.state_dict() == {"version": 2, "num_classes": 4, "results": {}}
         cb.load_state_dict({})
+    # a checkpoint of the earlier format (version 1) is not restored, and the user is told
+    with pytest.warns(UserWarning, match=r"last analysis is from an older version .* is not restored"):
+        cb.load_state_dict({"version": 1, "num_classes": 4, "similarity": torch.eye(4)})
+    assert cb.last_result is None
 
 
 @pytest.mark.slow

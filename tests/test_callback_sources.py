@@ -18,10 +18,18 @@ from sklearn.metrics.pairwise import cosine_similarity
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source, render_heatmap
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, StructureOptions, render_heatmap
 from lightning_classim.artifacts import list_snapshots, load_snapshot
 from lightning_classim.demo import DemoClassifier, loaders
-from lightning_classim.sources import ClassFeatureSimilarity, LabelCooccurrence
+from lightning_classim.sources import (
+    ClassFeatureSimilarity,
+    CooccurrenceSource,
+    FeaturesSource,
+    LabelCooccurrence,
+    MetricSource,
+    ScoresSource,
+    Source,
+)
 
 M = 12
 ALL = ["scores", "features:body", "welch:body", "weights:fc", "confusion", "cooccurrence"]
@@ -47,8 +55,8 @@ def test_all_sources_against_independent_references(tmp_path):
 
     _, _, names, parents = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
     custom = [  # metric objects as views of one's own; "features:body" is hooked once for both views that read it
-        Source("probs", metric=ClassSimilarity(M, scores="probs")),
-        Source("body_means", metric=ClassFeatureSimilarity(M, 32), inputs=("features:body", "target")),
+        MetricSource("probs", ClassSimilarity(M, scores="probs")),
+        MetricSource("body_means", ClassFeatureSimilarity(M, 32), inputs=("features:body", "target")),
     ]
     cb = ClassSimilarityCallback(
         M, class_names=names, sources=[*ALL, *custom], taxonomy=parents, save_dir=tmp_path / "out"
@@ -64,8 +72,8 @@ def test_all_sources_against_independent_references(tmp_path):
         logits = net(x).numpy()
     onehot = np.eye(M)[y]
     views = ["features_body", "welch_body", "weights_fc", "confusion", "cooccurrence", "probs", "body_means"]
-    snap = {src: load_snapshot(list_snapshots(tmp_path / "out" / "sources" / src)[-1]) for src in views}
-    primary = load_snapshot(list_snapshots(tmp_path / "out")[-1])
+    snap = {src: load_snapshot(list_snapshots(tmp_path / "out" / "sources" / src)[-1]).result for src in views}
+    primary = load_snapshot(list_snapshots(tmp_path / "out")[-1]).result
     np.testing.assert_allclose(primary.similarity, np.corrcoef(logits, rowvar=False), atol=1e-5)
     means = (onehot.T @ feats) / onehot.sum(0)[:, None]
     np.testing.assert_allclose(snap["features_body"].similarity, cosine_similarity(means), atol=1e-5)
@@ -81,7 +89,8 @@ def test_all_sources_against_independent_references(tmp_path):
     np.fill_diagonal(ref, 1)
     np.testing.assert_allclose(snap["confusion"].similarity, ref, atol=1e-6)
     np.testing.assert_allclose(snap["cooccurrence"].similarity, np.eye(M), atol=0)  # single-label: no co-occurrence
-    assert snap["welch_body"].summary["source"] == "welch:body"
+    welch = load_snapshot(list_snapshots(tmp_path / "out" / "sources" / "welch_body")[-1])
+    assert welch.extra["source"] == "welch:body"
 
     # each source is logged under its own tag, drawn in the primary's order
     acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
@@ -92,7 +101,7 @@ def test_all_sources_against_independent_references(tmp_path):
         assert f"classim/{src}/n_groups" in tags["scalars"]
         assert f"classim/agreement/{src}/matrix_corr" in tags["scalars"]
         assert f"classim/agreement/{src}/group_ari" in tags["scalars"]
-    logged = np.asarray(Image.open(snap["features_body"].path / "heatmap.png").convert("RGB"))
+    logged = np.asarray(Image.open(list_snapshots(tmp_path / "out" / "sources" / "features_body")[-1] / "heatmap.png"))
     expected = render_heatmap(snap["features_body"].similarity, primary.order, primary.groups)
     assert np.array_equal(logged, expected)
     text = acc.Tensors("classim/groups/text_summary")[-1].tensor_proto.string_val[0].decode()
@@ -104,7 +113,7 @@ def test_all_sources_against_independent_references(tmp_path):
     )
     # the resumable state has every source's last epoch
     state = cb.state_dict()
-    assert set(state["sources"]) == {*ALL[1:], "probs", "body_means"}
+    assert set(state["results"]) == {*ALL, "probs", "body_means"}
 
 
 class MultiLabelNet(pl.LightningModule):
@@ -131,8 +140,8 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     data = TensorDataset(torch.tensor(x), torch.tensor(y))
     sources = [
         "scores",
-        Source("cooccurrence", method="average", n_groups=3),  # this view alone: average linkage, 3 groups
-        Source("counts", metric=LabelCooccurrence(6, normalize="none"), inputs=("target",)),  # a metric object
+        CooccurrenceSource(StructureOptions(method="average", n_groups=3)),  # this view alone: average, 3 groups
+        MetricSource("raw", LabelCooccurrence(6), inputs=("target",)),  # a metric object of one's own
     ]
     cb = ClassSimilarityCallback(6, multilabel=True, sources=sources, save_dir=tmp_path / "o")
     fit(
@@ -146,23 +155,23 @@ def test_multilabel_cooccurrence_next_to_scores(tmp_path):
     d = np.diag(c)
     iou = c / (d[:, None] + d[None, :] - c)
     np.fill_diagonal(iou, 1)
-    snap = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "cooccurrence")[-1])
+    snap = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "cooccurrence")[-1]).result
     np.testing.assert_allclose(snap.similarity, iou, atol=1e-6)
-    counts = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "counts")[-1])
-    np.testing.assert_allclose(counts.similarity, c, atol=0)
+    raw = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "raw")[-1]).result
+    np.testing.assert_allclose(raw.similarity, iou, atol=1e-6)
     # the co-occurrence view's tree is scipy's average linkage of its matrix; the others keep complete linkage
     cond = lambda s: squareform(1.0 - s.astype(np.float64), checks=False)  # noqa: E731
     np.testing.assert_allclose(snap.linkage[:, 2], linkage(cond(iou), "average")[:, 2], atol=1e-6)
     assert not np.allclose(snap.linkage[:, 2], linkage(cond(iou), "complete")[:, 2], atol=1e-3)
     assert adjusted_rand_score(snap.groups, fcluster(linkage(cond(iou), "average"), 3, "maxclust")) == 1.0
     assert len(set(snap.groups)) == 3
-    primary = load_snapshot(list_snapshots(tmp_path / "o")[-1])
+    primary = load_snapshot(list_snapshots(tmp_path / "o")[-1]).result
     np.testing.assert_allclose(primary.linkage[:, 2], linkage(cond(primary.similarity), "complete")[:, 2], atol=1e-6)
     info = lambda folder: json.loads((folder / "run.json").read_text())["analysis"]  # noqa: E731
     assert (info(tmp_path / "o")["method"], info(tmp_path / "o")["n_groups"]) == ("complete", None)
     assert info(tmp_path / "o" / "sources" / "cooccurrence")["method"] == "average"
     assert info(tmp_path / "o" / "sources" / "cooccurrence")["n_groups"] == 3
-    assert info(tmp_path / "o" / "sources" / "counts")["method"] == "complete"
+    assert info(tmp_path / "o" / "sources" / "raw")["method"] == "complete"
 
 
 @pytest.mark.slow
@@ -176,11 +185,11 @@ def test_notes_of_a_source_are_warned_once_and_kept_every_epoch(tmp_path):
     assert len(said) == 1, said
     assert said[0].startswith("ClassSimilarityCallback: at epoch 0, source 'cooccurrence': the automatic choice")
     assert "all 11 merges tie at height 1: a cut gives 1 or 12 groups" in said[0]
-    assert "pass `Source('cooccurrence', method=...)` in `sources`" in said[0]
+    assert "give it options of its own, e.g. `CooccurrenceSource(StructureOptions(method='average'))`" in said[0]
     for folder in list_snapshots(tmp_path / "o" / "sources" / "cooccurrence"):
-        notes = load_snapshot(folder).summary["notes"]
+        notes = load_snapshot(folder).result.notes
         assert len(notes) == 1 and "all 11 merges tie at height 1" in notes[0]
-    assert all(load_snapshot(f).summary["notes"] == [] for f in list_snapshots(tmp_path / "o"))
+    assert all(load_snapshot(f).result.notes == () for f in list_snapshots(tmp_path / "o"))
 
 
 def test_bad_sources_at_construction():
@@ -192,55 +201,76 @@ def test_bad_sources_at_construction():
         ClassSimilarityCallback(M, sources=["confusion:fc"])
     with pytest.raises(ValueError, match=r"distinct names, but got \['scores', 'scores'\]"):
         ClassSimilarityCallback(M, sources=["scores", "scores"])
+    average = StructureOptions(method="average")
     with pytest.raises(ValueError, match=r"distinct names, but got \['scores', 'cooccurrence', 'cooccurrence'\]"):
-        ClassSimilarityCallback(M, sources=["scores", "cooccurrence", Source("cooccurrence", method="average")])
+        ClassSimilarityCallback(M, sources=["scores", "cooccurrence", CooccurrenceSource(average)])
     with pytest.raises(ValueError, match=r"distinct names, but got \['features:a.b', 'features:a_b'\]"):
         ClassSimilarityCallback(M, sources=["features:a.b", "features:a_b"])  # both would write features_a_b
     with pytest.raises(ValueError, match=r"`sources` to be a non-empty list of sources, but got 'scores'"):
         ClassSimilarityCallback(M, sources="scores")
-    with pytest.raises(ValueError, match=r"or a Source, but got 3"):
+    with pytest.raises(ValueError, match=r"or a Source object \(e\.g\. MetricSource\('name', metric\)\), but got 3"):
         ClassSimilarityCallback(M, sources=["scores", 3])
     shared = ClassSimilarity(M, scores="probs")
     with pytest.raises(ValueError, match=r"its own metric object, but got one metric in two sources"):
-        ClassSimilarityCallback(M, sources=[Source("a", metric=shared), Source("b", metric=shared)])
+        ClassSimilarityCallback(M, sources=[MetricSource("a", shared), MetricSource("b", shared)])
 
 
 def test_bad_source_objects():
-    with pytest.raises(ValueError, match=r"or a name of your own with `metric=`, but got 'pixels'"):
-        Source("pixels")
-    with pytest.raises(ValueError, match=r"`spec` of Source to be a string, but got 3"):
-        Source(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`inputs` of Source\('cooccurrence'\) is for a metric of your own"):
-        Source("cooccurrence", inputs=("target",))
-    with pytest.raises(ValueError, match=r"`metric` of Source\('probs'\) to be a torchmetrics.Metric, but got ndarray"):
-        Source("probs", metric=np.eye(3))  # type: ignore[arg-type]
-    for spec in ("scores", "features:body", "my view"):
-        with pytest.raises(ValueError, match=rf"a name of your own .* but got {spec!r}"):
-            Source(spec, metric=ClassSimilarity(M))
+    with pytest.raises(
+        ValueError, match=r"`metric` of MetricSource\('probs'\) to be a torchmetrics.Metric, but got nd"
+    ):
+        MetricSource("probs", np.eye(3))  # type: ignore[arg-type]
+    for name in ("scores", "features:body", "my view", "cooccurrence", 3):
+        with pytest.raises(ValueError, match=r"(a name of your own .* but got|letters, digits, .* but got)"):
+            MetricSource(name, ClassSimilarity(M))  # type: ignore[arg-type]
     for inputs in ("scores", (), ("logits",), ("features:",), ("scores", 1)):
-        with pytest.raises(ValueError, match=r"`inputs` of Source\('v'\) to be a non-empty sequence of 'scores', "):
-            Source("v", metric=ClassSimilarity(M), inputs=inputs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"`inputs` of MetricSource\('v'\) to be a non-empty sequence of 'sco"):
+            MetricSource("v", ClassSimilarity(M), inputs=inputs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`options` of source 'cooccurrence' to be a StructureOptions or None, but"):
+        CooccurrenceSource({"method": "average"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`method` to be one of \[.*\], but got 'avg'"):
-        Source("cooccurrence", method="avg")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`distance` to be one of \[.*\], but got 'cosine'"):
-        Source("scores", distance="cosine")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`clip_negative` of Source\('scores'\) to be a bool or None, but got 1"):
-        Source("scores", clip_negative=1)  # type: ignore[arg-type]
-    src = Source("v", metric=ClassSimilarity(M), inputs=["features:body.0", "target"], method="ward")
-    assert (src.kind, src.module, src.inputs, src.hooked_modules) == ("custom", None, ("features:body.0", "target"),
-                                                                     ["body.0"])  # fmt: skip
-    assert (src.needs_scores, src.needs_target, src.options) == (False, True, {"method": "ward"})
-    # any grouping option brings the three, so that they replace the callback's together
-    assert Source("scores", max_groups=5).options == {"n_groups": None, "distance_threshold": None, "max_groups": 5}
+        CooccurrenceSource(StructureOptions(method="avg"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`statistic` to be one of \['mean', 'welch'\], but got 't'"):
+        FeaturesSource("body", statistic="t")  # type: ignore[arg-type]
+    src = MetricSource("v", ClassSimilarity(M), inputs=["features:body.0", "target"], options=StructureOptions())
+    assert (src.name, src.inputs, src.hooked_modules) == ("v", ("features:body.0", "target"), ("body.0",))
+    assert (src.needs_scores, src.needs_target, src.options) == (False, True, StructureOptions())
     with pytest.raises(
-        ValueError, match=r"Source\('cooccurrence'\): Expected argument `n_groups` to be an int in 1\.\.12, "
+        ValueError, match=r"Source 'cooccurrence': Expected argument `n_groups` to be an int in 1\.\.12"
     ):
-        ClassSimilarityCallback(M, sources=["scores", Source("cooccurrence", n_groups=13)])
-    with pytest.raises(
-        ValueError, match=r"Source\('scores'\): Expected only one of `n_groups` and `distance_threshold`"
-    ):
-        ClassSimilarityCallback(M, sources=[Source("scores", n_groups=2, distance_threshold=0.5)])
-    assert Source("welch:body.2").tag == "welch_body_2" and Source("welch:body.2").hooked_modules == ["body.2"]
+        ClassSimilarityCallback(M, sources=["scores", CooccurrenceSource(StructureOptions(n_groups=13))])
+    with pytest.raises(ValueError, match=r"Expected only one of `n_groups` and `distance_threshold`"):
+        ScoresSource(StructureOptions(n_groups=2, distance_threshold=0.5))
+    welch = FeaturesSource("body.2", statistic="welch")
+    assert (welch.name, welch.tag, welch.hooked_modules) == ("welch:body.2", "welch_body_2", ("body.2",))
+
+
+def test_a_source_kind_of_ones_own(tmp_path):
+    # a new kind of view is one subclass: here, the correlation of the scores' squares (any (m, m) matrix will do)
+    class SquaredScores(Source):
+        needs_scores = True
+
+        def __init__(self) -> None:
+            super().__init__("squared")
+
+        def make_metric(self, ctx):
+            return ClassSimilarity(ctx.num_classes)
+
+        def update(self, metric, inputs, ctx):
+            metric.update(inputs.scores**2)
+            return metric
+
+        def compute(self, metric, ctx):
+            return metric.compute()
+
+    cb = ClassSimilarityCallback(M, sources=["scores", SquaredScores()], save_dir=tmp_path / "o")
+    net, val = fit(tmp_path, cb, epochs=1)
+    with torch.no_grad():
+        logits = torch.cat([net(x) for x, _ in val]).double().numpy()
+    got = load_snapshot(list_snapshots(tmp_path / "o" / "sources" / "squared")[-1]).result.similarity
+    np.testing.assert_allclose(got, np.corrcoef(logits**2, rowvar=False), atol=1e-5)
+    assert "classim/squared/n_groups" not in cb.history[-1]  # the scalars carry no prefix in history
+    assert "squared/n_groups" in cb.history[-1]
 
 
 def test_custom_source_errors_in_a_run(tmp_path):
@@ -248,20 +278,20 @@ def test_custom_source_errors_in_a_run(tmp_path):
         def compute(self):
             return super().compute()[:, :3]
 
-    cb = ClassSimilarityCallback(M, sources=["scores", Source("cut", metric=NotSquare(M))], save_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"metric of Source\('cut'\), NotSquare, to compute a \(12, 12\) similarity "
-                                         r"tensor, but got shape \(12, 3\)"):  # fmt: skip
+    cb = ClassSimilarityCallback(M, sources=["scores", MetricSource("cut", NotSquare(M))], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"metric of MetricSource\('cut'\), NotSquare, to compute a \(12, 12\) "
+                                         r"similarity tensor, but got shape \(12, 3\)"):  # fmt: skip
         fit(tmp_path, cb, epochs=1)
 
     class NotATensor(ClassSimilarity):
         def compute(self):
             return super().compute().numpy()
 
-    cb = ClassSimilarityCallback(M, sources=["scores", Source("np", metric=NotATensor(M))], save_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"Source\('np'\), NotATensor, to compute a \(12, 12\) similarity tensor, but "
-                                         r"got ndarray"):  # fmt: skip
+    cb = ClassSimilarityCallback(M, sources=["scores", MetricSource("np", NotATensor(M))], save_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"MetricSource\('np'\), NotATensor, to compute a \(12, 12\) similarity "
+                                         r"tensor, but got ndarray"):  # fmt: skip
         fit(tmp_path, cb, epochs=1)
-    feats = Source("f", metric=ClassFeatureSimilarity(M, 32), inputs=("features:layer4", "target"))
+    feats = MetricSource("f", ClassFeatureSimilarity(M, 32), inputs=("features:layer4", "target"))
     with pytest.raises(ValueError, match=r"`sources \('f'\)` to name a submodule of DemoClassifier, but got 'layer4'"):
         fit(tmp_path, ClassSimilarityCallback(M, sources=["scores", feats], save_dir=tmp_path))
 
@@ -306,7 +336,7 @@ def test_ddp_sources_match_single_process(tmp_path):
                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         sims[n] = {
-            tag: load_snapshot(list_snapshots(out / "classim" / "sources" / tag)[0]).similarity
+            tag: load_snapshot(list_snapshots(out / "classim" / "sources" / tag)[0]).result.similarity
             for tag in ("features_body", "welch_body", "cooccurrence", "probs", "body_means")
         }
     for tag in sims[1]:

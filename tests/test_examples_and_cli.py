@@ -66,7 +66,7 @@ def test_multilabel_example_on_enron(tmp_path):
     snaps = list_snapshots(out)
     assert len(snaps) == 2
     snap = load_snapshot(snaps[-1])
-    assert snap.similarity.shape == (53, 53)
+    assert snap.result.similarity.shape == (53, 53)
     assert "taxonomy_ari" in snap.metrics
 
 
@@ -115,7 +115,7 @@ def test_delicious_example_scores_next_to_cooccurrence(tmp_path):
     union = d[:, None] + d[None, :] - c
     iou = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
     np.fill_diagonal(iou, 1.0)
-    cooc = load_snapshot(list_snapshots(out / "sources" / "cooccurrence")[-1])
+    cooc = load_snapshot(list_snapshots(out / "sources" / "cooccurrence")[-1]).result
     np.testing.assert_allclose(cooc.similarity, iou, atol=1e-6)
-    assert load_snapshot(list_snapshots(out)[-1]).similarity.shape == (983, 983)
+    assert load_snapshot(list_snapshots(out)[-1]).result.similarity.shape == (983, 983)
     assert (tmp_path / "delicious" / "side_by_side.png").exists()

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_classim import ClassSimilarity, ClassSimilarityCallback, Source, analyze, render_heatmap
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, MetricSource, analyze, render_heatmap
 from lightning_classim.artifacts import write_run_info, write_snapshot
 from lightning_classim.demo import DemoClassifier, loaders
-from lightning_classim.runs import RunError, export_tree, find_run, load_run
+from lightning_classim.runs import RunError, export_tree, find_run, load_run, reference_order
 from lightning_classim.sources import LabelCooccurrence
 
 
@@ -30,11 +30,13 @@ def test_run_with_epochs_of_different_sizes(tmp_path):
         load_run(tmp_path)
 
 
-def test_reference_run_of_another_size_in_render_heatmap(tmp_path):
+def test_reference_run_of_another_size(tmp_path):
     write_run_info(tmp_path, {"num_classes": 4})
     snapshot(tmp_path, 4, 0)
     with pytest.raises(RunError, match=r"reference order covers 4 classes, but this run has 6"):
-        render_heatmap(np.eye(6), order=str(tmp_path))
+        reference_order(str(tmp_path), 6)
+    with pytest.raises(ValueError, match=r"`order` to be a 1-d integer permutation of range\(6\), but got dtype <U"):
+        render_heatmap(np.eye(6), order=str(tmp_path))  # a folder is no order: resolve it with reference_order
 
 
 def test_export_unknown_format(tmp_path):
@@ -65,7 +67,7 @@ def test_hooked_module_that_never_runs(tmp_path):
     cb = ClassSimilarityCallback(12, sources=["scores", "features:unused"], save_dir=tmp_path)
     with pytest.raises(ValueError, match=r"Source 'features:unused' captured no output of module 'unused'"):
         validate(tmp_path, cb, val)
-    own = Source("own", metric=ClassSimilarity(12), inputs=("features:unused",))
+    own = MetricSource("own", ClassSimilarity(12), inputs=("features:unused",))
     cb = ClassSimilarityCallback(12, sources=["scores", own], save_dir=tmp_path)
     with pytest.raises(ValueError, match=r"Source 'own' captured no output of module 'unused'"):
         validate(tmp_path, cb, val)

@@ -14,10 +14,11 @@ from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from lightning_classim import ClassSimilarityCallback, analyze, render_heatmap
-from lightning_classim.__main__ import main
 from lightning_classim.artifacts import list_snapshots, load_snapshot, write_run_info, write_snapshot
+from lightning_classim.cli import main
 from lightning_classim.demo import DemoClassifier, loaders
-from lightning_classim.runs import RunError, group_changes, load_run
+from lightning_classim.report import group_changes
+from lightning_classim.runs import RunError, load_run, reference_order
 
 M = 12
 
@@ -79,7 +80,7 @@ def test_compare_two_seeds_and_another_model_against_references(runs, tmp_path):
     assert tree_hashes(runs["a"].parent.parent) == before  # nothing read is modified
     proc = run_cli("compare", str(runs["a"]), str(runs["b"]), str(runs["wide"]), "--json", "--png", str(png))
     report = json.loads(proc.stdout)
-    a, b = load_snapshot(list_snapshots(runs["a"])[-1]), load_snapshot(list_snapshots(runs["b"])[-1])
+    a, b = (load_snapshot(list_snapshots(runs[k])[-1]).result for k in ("a", "b"))
     c = report["comparisons"][0]
     off = lambda s: squareform(s.astype(np.float64) - np.eye(M), checks=False)  # noqa: E731
     assert c["matrix_corr"] == pytest.approx(np.corrcoef(off(a.similarity), off(b.similarity))[0, 1])
@@ -127,7 +128,7 @@ def test_report_files_exist_and_decode(runs, tmp_path):
     assert Image.open(rep / "silhouettes.png").format == "PNG" and "## Mean silhouette over the number of groups" in md
     assert [c["epoch"] for c in report["silhouettes"]] == [0, 1, 2]
     for curve, folder in zip(report["silhouettes"], list_snapshots(runs["a"])):
-        sim = load_snapshot(folder).similarity.astype(np.float64)
+        sim = load_snapshot(folder).result.similarity.astype(np.float64)
         dist = np.maximum(1 - sim, 0)
         np.fill_diagonal(dist, 0)
         z = linkage(squareform(dist, checks=False), "complete")
@@ -212,7 +213,7 @@ def parse_newick(text: str) -> tuple[list[str], list[float]]:
 
 @pytest.mark.slow
 def test_export_json_and_newick_parse_back_with_all_names(runs, tmp_path):
-    names = list(load_run(runs["a"]).snapshots[-1].class_names)
+    names = list(load_run(runs["a"]).snapshots[-1].result.class_names)
     out = tmp_path / "tree.json"
     assert main(["export", str(runs["a"]), "--format", "json", "--out", str(out)]) == 0
     tree = json.loads(out.read_text())
@@ -254,20 +255,20 @@ def test_export_of_a_deep_tree_with_odd_names(tmp_path):
 
 @pytest.mark.slow
 def test_reference_order_from_a_previous_run(runs, tmp_path):
-    ref = load_run(runs["a"]).snapshots[-1]
+    ref = load_run(runs["a"]).snapshots[-1].result
     new = train_run(tmp_path / "new", seed=5, epochs=1, reference=str(runs["a"]))
     snap = load_snapshot(list_snapshots(new)[0])
     logged = np.asarray(Image.open(snap.path / "heatmap.png").convert("RGB"))
-    expected = render_heatmap(snap.similarity, ref.order, ref.groups)
+    expected = render_heatmap(snap.result.similarity, ref.order, ref.groups)
     assert np.array_equal(logged, expected)
-    # render_heatmap takes the run folder as the order too
-    assert np.array_equal(render_heatmap(snap.similarity, str(runs["a"])), render_heatmap(snap.similarity, ref.order))
+    # the run folder's order, for one picture
+    np.testing.assert_array_equal(reference_order(str(runs["a"]), M), ref.order)
     # an order array
     order = np.arange(M)[::-1].copy()
     arr = train_run(tmp_path / "arr", seed=5, epochs=1, reference=order)
     snap = load_snapshot(list_snapshots(arr)[0])
     assert np.array_equal(
-        np.asarray(Image.open(snap.path / "heatmap.png").convert("RGB")), render_heatmap(snap.similarity, order)
+        np.asarray(Image.open(snap.path / "heatmap.png").convert("RGB")), render_heatmap(snap.result.similarity, order)
     )
 
 

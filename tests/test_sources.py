@@ -138,7 +138,10 @@ def test_confusion_similarity_by_hand():
     [
         (lambda: LabelCooccurrence(1), r"`num_classes` to be an int larger than 1, but got 1"),
         (lambda: LabelCooccurrence(3, normalize="jaccard"), r"`normalize` to be one of \['iou', 'none'\]"),
-        (lambda: ClassFeatureSimilarity(3, 0), r"`num_features` to be a positive int, but got 0"),
+        (
+            lambda: ClassFeatureSimilarity(3, 0),
+            r"`num_features` to be an int of at least 1, but got 0\. Pass the width",
+        ),
         (lambda: ClassFeatureSimilarity(3, 2, statistic="t"), r"`statistic` to be one of \['mean', 'welch'\]"),
     ],
 )

@@ -20,8 +20,8 @@ classes, over a second at 10,000), and the training thread stops meanwhile. None
 call scipy's OpenBLAS, whose threads then compete with numpy's on the same cores.
 
 They run when numba imports and the environment variable ``LIGHTNING_CLASSIM_NUMBA`` is not ``"0"``
-(:data:`ENABLED`); else :mod:`.analysis` uses numpy and scipy, with the same results. The kernels are compiled on
-first use and cached on disk (``cache=True``).
+(:data:`ENABLED`); else :mod:`._backend` chooses their numpy reference (:mod:`._reference`), with the same results.
+The kernels are compiled on first use and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -196,14 +196,15 @@ def _max_asymmetry(mat: np.ndarray) -> float:  # pragma: no cover - compiled
     return worst
 
 
-def _upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:  # pragma: no cover - compiled
-    """Mean, sums of squared and cubed deviations from it, and maximum of the upper triangle (two passes).
+def _upper_moments(mat: np.ndarray) -> tuple[float, float, float, float, float]:  # pragma: no cover - compiled
+    """Mean, sums of squared and cubed deviations from it, maximum and minimum of the upper triangle (two passes).
 
     Each sum runs in 4 interleaved accumulators, so that the additions do not wait on one another.
     """
     m = mat.shape[0]
     t0 = t1 = t2 = t3 = 0.0
     top = -np.inf
+    low = np.inf
     for i in range(m - 1):
         row = mat[i]
         j = i + 1
@@ -214,10 +215,12 @@ def _upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:  # pra
             t2 += c
             t3 += d
             top = max(top, max(max(a, b), max(c, d)))
+            low = min(low, min(min(a, b), min(c, d)))
             j += 4
         while j < m:
             t0 += row[j]
             top = max(top, row[j])
+            low = min(low, row[j])
             j += 1
     mean = ((t0 + t1) + (t2 + t3)) / (m * (m - 1) // 2)
     p0 = p1 = p2 = p3 = 0.0
@@ -246,7 +249,7 @@ def _upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:  # pra
             p0 += a2
             q0 += a2 * a
             j += 1
-    return mean, (p0 + p1) + (p2 + p3), (q0 + q1) + (q2 + q3), top
+    return mean, (p0 + p1) + (p2 + p3), (q0 + q1) + (q2 + q3), top, low
 
 
 def _cross_sums(
@@ -602,7 +605,7 @@ def nn_chain_linkage(dist: np.ndarray, method: str) -> np.ndarray:
 def nested_silhouettes(
     cum: np.ndarray, size_cum: np.ndarray, starts: np.ndarray, fine_of: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean silhouette of nested cuts whose groups are runs of fine clusters (see ``analysis._silhouettes_nested``).
+    """Mean silhouette of nested cuts whose groups are runs of fine clusters (see ``_silhouette.nested``).
 
     Args:
         cum: ``(n_fine + 1, n)`` cumulative distance sums of the ``n`` sampled classes over the fine clusters.
@@ -637,16 +640,16 @@ def max_asymmetry(mat: np.ndarray) -> float:
     return float(_require().max_asymmetry(np.ascontiguousarray(mat, dtype=np.float64)))
 
 
-def upper_moments(mat: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, sums of squared and cubed deviations from the mean, and maximum of the upper triangle (``k = 1``).
+def upper_moments(mat: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Mean, sums of squared and cubed deviations from the mean, maximum and minimum of the upper triangle (``k = 1``).
 
     Example:
         >>> import numpy as np
         >>> upper_moments(np.array([[1.0, 0.0, 3.0], [0.0, 1.0, 3.0], [3.0, 3.0, 1.0]]))
-        (2.0, 6.0, -6.0, 3.0)
+        (2.0, 6.0, -6.0, 3.0, 0.0)
     """
-    mean, s2, s3, top = _require().upper_moments(np.ascontiguousarray(mat, dtype=np.float64))
-    return float(mean), float(s2), float(s3), float(top)
+    mean, s2, s3, top, low = _require().upper_moments(np.ascontiguousarray(mat, dtype=np.float64))
+    return float(mean), float(s2), float(s3), float(top), float(low)
 
 
 def leaf_order(kids: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
@@ -697,7 +700,7 @@ def aggregate_blocks(block: np.ndarray, parent: np.ndarray, k: int) -> np.ndarra
 def seed_update(
     nearest: np.ndarray, active: np.ndarray, prod: np.ndarray, sq_rows: np.ndarray, chosen: np.ndarray, first: bool
 ) -> None:
-    """k-means++ seeds (``analysis._plus_plus_seeds``): lower ``nearest[active]`` by the new centres ``chosen``.
+    """k-means++ seeds (``_failed.plus_plus_seeds``): lower ``nearest[active]`` by the new centres ``chosen``.
 
     ``prod`` holds ``x[chosen] @ x.T``; ``nearest`` (runs, m) is overwritten in the rows ``active`` (all of them,
     from scratch, on the ``first`` step).

@@ -1,4 +1,6 @@
-"""More views of class similarity, to set beside the score-based matrix (seeds: Srinivasan; Park; Kim et al.).
+"""The metrics of the other views of class similarity, to set beside the score-based matrix.
+
+Seeds: Srinivasan; Park; Kim et al.
 
 * :class:`LabelCooccurrence`: how often two labels occur together in multi-hot ground truth, as raw counts or
   normalised by their union (IoU), the label-tree input of the extreme-classification seed.
@@ -20,9 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_classim._checks import check_choice as _check_choice
-from lightning_classim._checks import check_num_classes as _check_num_classes
-from lightning_classim.functional import _warn_constant
+from lightning_classim._streaming import warn_undefined
+from lightning_classim._validation import check_choice, check_int, check_num_classes
 
 __all__ = [
     "ClassFeatureSimilarity",
@@ -105,7 +106,7 @@ def weight_similarity(weight: Tensor | nn.Module, num_classes: int | None = None
             "Name the final classification layer, whose output width is the number of classes."
         )
     sim, zero = cosine_similarity_matrix(w.detach())
-    _warn_constant(zero.cpu(), "zero", "had an all-zero weight row", "weight_similarity")
+    warn_undefined(zero.cpu(), "zero", "had an all-zero weight row", "weight_similarity")
     return sim
 
 
@@ -157,8 +158,8 @@ class LabelCooccurrence(Metric):
 
     def __init__(self, num_classes: int, *, normalize: CooccurrenceNorm = "iou", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_num_classes(num_classes)
-        _check_choice("normalize", normalize, CooccurrenceNorm)
+        num_classes = check_num_classes(num_classes)
+        check_choice("normalize", normalize, CooccurrenceNorm)
         self.num_classes = num_classes
         self.normalize: CooccurrenceNorm = normalize
         self.add_state("counts", torch.zeros(num_classes, num_classes, dtype=torch.float64), dist_reduce_fx="sum")
@@ -225,10 +226,9 @@ class ClassFeatureSimilarity(Metric):
         self, num_classes: int, num_features: int, *, statistic: FeatureStatistic = "mean", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        _check_num_classes(num_classes)
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"Expected argument `num_features` to be a positive int, but got {num_features!r}.")
-        _check_choice("statistic", statistic, FeatureStatistic)
+        num_classes = check_num_classes(num_classes)
+        num_features = check_int("num_features", num_features, 1, "Pass the width of the hooked layer's output.")
+        check_choice("statistic", statistic, FeatureStatistic)
         self.num_classes, self.num_features = num_classes, num_features
         self.statistic: FeatureStatistic = statistic
         m, d = num_classes, num_features
@@ -306,7 +306,7 @@ class ClassFeatureSimilarity(Metric):
         self.class_statistics = stats
         sim, zero = cosine_similarity_matrix(stats)
         self.undefined_classes = zero.cpu()
-        _warn_constant(
+        warn_undefined(
             self.undefined_classes,
             "zero",
             "had no samples (fewer than 2 for `statistic='welch'`) or an all-zero statistic vector",

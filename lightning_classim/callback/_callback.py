@@ -1,0 +1,450 @@
+"""The Lightning callback: per-epoch class-similarity structure in every tracker and on disk.
+
+It only does hooks, capture, threading, state and logging; the analysis of an epoch is
+:func:`~lightning_classim.callback.analyse_epoch`, the sources are :mod:`lightning_classim.sources`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from torchmetrics import Metric
+from typing_extensions import override
+
+from lightning_classim._streaming import NanStrategy, ScoresType, check_args
+from lightning_classim._validation import check_bool, check_int, check_names, check_order
+from lightning_classim.artifacts import write_run_info
+from lightning_classim.callback._capture import Capture
+from lightning_classim.callback._epoch import analyse_epoch, write_epoch
+from lightning_classim.callback._loggers import EpochLog, writer_for
+from lightning_classim.callback._state import results_from_state, results_to_state
+from lightning_classim.callback._worker import Worker
+from lightning_classim.options import StructureOptions
+from lightning_classim.render import HeatmapOptions
+from lightning_classim.sources import BatchInputs, Source, SourceContext, as_sources, find_submodule
+from lightning_classim.structure import StructureResult, check_taxonomy
+
+__all__ = ["ClassSimilarityCallback"]
+
+
+class ClassSimilarityCallback(Callback):
+    """Log the class-similarity structure of a classifier every validation epoch.
+
+    Captures the scores of every validation batch with no change to the model, streams them into a
+    :class:`~lightning_classim.ClassSimilarity` metric on the model's device, and at the end of each validated epoch
+    computes the matrix on every process, then, on rank 0 and on a worker thread, orders it
+    (:func:`~lightning_classim.analyze`), renders it and writes the epoch's files to ``save_dir``; the heatmap, the
+    group table, a histogram of the similarity values and the structure scalars (``n_groups``, ``cophenetic_corr``,
+    ``within_minus_between``, ``drift`` and ``group_ari`` against the previous epoch, ...) then go to every logger in
+    ``trainer.loggers``.
+
+    Args:
+        num_classes: number of classes ``m``.
+        class_names: names of the classes (for summaries and labelled files).
+        scores: ``"logits"``, ``"probs"`` or ``"ranks"`` (see :class:`~lightning_classim.ClassSimilarity`).
+        multilabel: the classifier is multi-label (sigmoid for ``scores="probs"``).
+        nan_strategy: ``"error"`` or ``"skip"`` rows with non-finite scores.
+        every_n_epochs: analyse every n-th validation epoch during ``fit`` (``trainer.validate`` always does).
+        output_key: key of the scores in a dict returned by ``validation_step``.
+        module: name of a submodule (e.g. ``"fc"`` or ``"head.linear"``) whose forward output holds the scores;
+            then ``validation_step`` may return anything.
+        target_key: where the targets are in a validation batch (for the sources that need them): an index into a
+            tuple/list batch (default 1: ``(x, y)``) or a key of a dict batch.
+        options: how to order, cut and search the tree (:class:`~lightning_classim.StructureOptions`; default: its
+            defaults). A source with options of its own uses those instead.
+        taxonomy: a known class structure (a label per class, a list of levels, or a nested dict of class names):
+            adds ``taxonomy_ari`` and ``taxonomy_tree_corr``.
+        sources: the similarity views to compute, the first being the *primary* one (its order is used for every
+            picture, and the others are compared with it): strings for the built-in views (``"scores"``,
+            ``"features:<module>"``, ``"welch:<module>"``, ``"weights:<module>"``, ``"confusion"``,
+            ``"cooccurrence"``) or :class:`~lightning_classim.sources.Source` objects (with options of their own,
+            or views of yours, e.g. :class:`~lightning_classim.sources.MetricSource`).
+        reference: draw the logged heatmaps in a fixed class order, to compare runs image by image: a previous
+            run's folder (its last epoch's order and groups) or an order array. The analysis still computes this
+            run's own order and groups (saved to disk as usual); only the pictures use the reference.
+        save_dir: folder of the per-epoch files (default: ``<trainer.log_dir>/<tag_prefix>``).
+        tag_prefix: prefix of every logged tag, and the name of the default ``save_dir`` sub-folder.
+        heatmap: the heatmap's largest side and colormap (:class:`~lightning_classim.render.HeatmapOptions`).
+        async_analysis: analyse, render and write on a worker thread so training goes on meanwhile (the loggers
+            are called from the training thread, at its next step or at the end of fit).
+
+    Raises:
+        ValueError: for bad arguments (at construction); for a bad environment (at ``setup``).
+
+    Example:
+        >>> from lightning_classim import ClassSimilarityCallback, StructureOptions
+        >>> cb = ClassSimilarityCallback(num_classes=10, options=StructureOptions(method="average"))
+        >>> cb.state_key
+        "ClassSimilarityCallback{'tag_prefix': 'classim', 'scores': 'logits'}"
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        class_names: Sequence[str] | None = None,
+        scores: ScoresType = "logits",
+        multilabel: bool = False,
+        nan_strategy: NanStrategy = "error",
+        every_n_epochs: int = 1,
+        output_key: str = "logits",
+        module: str | None = None,
+        target_key: int | str = 1,
+        options: StructureOptions | None = None,
+        taxonomy: Any = None,
+        sources: Sequence[str | Source] = ("scores",),
+        reference: str | Path | Sequence[int] | None = None,
+        save_dir: str | Path | None = None,
+        tag_prefix: str = "classim",
+        heatmap: HeatmapOptions | None = None,
+        async_analysis: bool = True,
+    ) -> None:
+        super().__init__()
+        num_classes = check_args(num_classes, scores, nan_strategy, "zero")
+        self.num_classes = num_classes
+        self.class_names = check_names(class_names, num_classes) if class_names is not None else None
+        self.scores: ScoresType = scores
+        self.multilabel = check_bool("multilabel", multilabel)
+        self.nan_strategy: NanStrategy = nan_strategy
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
+        if not isinstance(tag_prefix, str) or not tag_prefix or tag_prefix.strip("/") != tag_prefix:
+            raise ValueError(
+                f"Expected argument `tag_prefix` to be a non-empty name without leading or trailing '/', but got "
+                f"{tag_prefix!r}."
+            )
+        self.tag_prefix = tag_prefix
+        self.options = _checked(options, StructureOptions, "options", "StructureOptions(method='average')")
+        self.heatmap = _checked(heatmap, HeatmapOptions, "heatmap", "HeatmapOptions(max_pixels=512)")
+        self.sources = as_sources(sources)
+        for src in self.sources:
+            try:
+                (src.options or self.options).check_for(num_classes)
+            except ValueError as err:
+                raise ValueError(f"Source {src.name!r}: {err}") from None
+        if taxonomy is not None:
+            check_taxonomy(taxonomy, num_classes, self.class_names)
+        self.taxonomy = taxonomy
+        self.reference = reference
+        self._reference: tuple[np.ndarray, np.ndarray | None] | None = None
+        if reference is not None and not isinstance(reference, (str, Path)):
+            self._reference = (check_order(reference, num_classes, "reference"), None)
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.async_analysis = check_bool("async_analysis", async_analysis)
+        self._capture = Capture(num_classes, output_key, module, target_key)
+        self._needs_scores = any(src.needs_scores for src in self.sources)
+        self._needs_target = any(src.needs_target for src in self.sources)
+        ctx = self._context()
+        self._metrics: dict[str, Metric | None] = {src.name: src.make_metric(ctx) for src in self.sources}
+        self._worker: Worker[EpochLog] = Worker(self.async_analysis)
+        self._previous: dict[str, StructureResult] = {}
+        self._history: list[dict[str, float]] = []
+        self._warned: set[tuple[str, str]] = set()
+        #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
+        #: runs on the worker thread when ``async_analysis``).
+        self.epoch_end_wait_s: list[float] = []
+        #: Seconds the analysis, rendering and writing of each epoch took (on whichever thread ran them).
+        self.analysis_s: list[float] = []
+
+    @property
+    def metric(self) -> Metric | None:
+        """The metric of the primary source (a :class:`~lightning_classim.ClassSimilarity` for ``"scores"``)."""
+        return self._metrics[self.sources[0].name]
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(tag_prefix=self.tag_prefix, scores=self.scores)
+
+    def _context(self, pl_module: torch.nn.Module | None = None, trainer: pl.Trainer | None = None) -> SourceContext:
+        def reduce_max(value: int) -> int:
+            if trainer is None or pl_module is None:
+                return value
+            device = next(pl_module.parameters(), torch.zeros(())).device
+            return int(trainer.strategy.reduce(torch.tensor(value, device=device), reduce_op="max"))
+
+        return SourceContext(self.num_classes, self.scores, self.multilabel, self.nan_strategy, pl_module, reduce_max)
+
+    def _names(self) -> list[str]:
+        """The class names, or the class indices as strings."""
+        return self.class_names or [str(i) for i in range(self.num_classes)]
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.save_dir is None and not trainer.loggers:
+            raise ValueError(
+                "ClassSimilarityCallback has nowhere to write: the Trainer has no logger and `save_dir` is None. "
+                "Pass `save_dir=...` to the callback, or a logger to the Trainer."
+            )
+        log_dir = trainer.log_dir  # collective under DDP: every rank asks
+        if self.save_dir is None:
+            self.save_dir = Path(log_dir or trainer.default_root_dir) / self.tag_prefix
+        if isinstance(self.reference, (str, Path)) and self._reference is None:
+            self._reference = self._load_reference(self.reference)
+        if not self._capture.attached:
+            ctx = self._context(pl_module)
+            for src in self.sources:
+                src.setup(ctx)
+            layers = {}
+            for src in self.sources:  # one hook per submodule, shared by the sources it feeds
+                for name in src.hooked_modules:
+                    layers[name] = find_submodule(pl_module, name, f"sources ({src.name!r})")
+            module = self._capture.module
+            self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers)
+        if trainer.is_global_zero:
+            self._write_run_info()
+
+    def _load_reference(self, folder: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+        from lightning_classim.runs import RunError, load_run
+
+        try:
+            ref = load_run(folder).snapshots[-1].result
+        except RunError as err:
+            raise ValueError(f"Expected argument `reference` to be a readable run folder, but: {err}") from None
+        if ref.num_classes != self.num_classes:
+            raise ValueError(
+                f"Expected argument `reference` to be a run over {self.num_classes} classes, but {folder} has "
+                f"{ref.num_classes}."
+            )
+        return ref.order.astype(np.intp), ref.groups
+
+    def _write_run_info(self) -> None:
+        assert self.save_dir is not None
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        primary = self.sources[0]
+        common = {"num_classes": self.num_classes, "class_names": self._names()}
+        write_run_info(self.save_dir, {
+            **common, "scores": self.scores, "multilabel": self.multilabel, "tag_prefix": self.tag_prefix,
+            "analysis": (primary.options or self.options).to_dict(),
+            "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
+            "sources": [src.name for src in self.sources], "source": primary.name,
+        })  # fmt: skip
+        for src in self.sources[1:]:
+            write_run_info(self.save_dir / "sources" / src.tag, {
+                **common, "source": src.name, "primary": primary.name,
+                "analysis": (src.options or self.options).to_dict(),
+            })  # fmt: skip
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._hand_over(trainer, wait=True)
+        self._capture.detach()
+        self._worker.shutdown()
+
+    # ------------------------------------------------------------------------------------------ capture
+
+    def _should_run(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn == "fit":
+            return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return True
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hand_over(trainer)
+        self._capture.active = self._should_run(trainer)
+        if self._capture.active:
+            for metric in self._metrics.values():
+                if metric is not None:
+                    metric.reset()
+                    metric.to(pl_module.device)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._capture.active:
+            return
+        try:
+            scores = self._capture.scores(outputs) if self._needs_scores else None
+            needing = [src.name for src in self.sources if src.needs_target]
+            target = self._capture.targets(batch, needing) if self._needs_target else None
+            inputs = BatchInputs(scores, target, dict(self._capture.features))
+            ctx = self._context(pl_module)
+            for src in self.sources:
+                self._metrics[src.name] = src.update(self._metrics[src.name], inputs, ctx)
+        finally:
+            self._capture.features.clear()
+
+    # ------------------------------------------------------------------------------------------ epoch end
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._capture.active:
+            return
+        self._capture.active = False
+        start = time.perf_counter()
+        ctx = self._context(pl_module, trainer)
+        matrices = {}
+        for src in self.sources:  # collective: every rank takes part in each sync, in the same order
+            matrices[src.name] = src.compute(self._metrics[src.name], ctx).detach().cpu().float().numpy()
+        if not trainer.is_global_zero:
+            return
+        undefined = {src.name: src.undefined_classes(self._metrics[src.name]) for src in self.sources}
+        self._worker.submit(self._analyse, matrices, undefined, trainer.current_epoch, trainer.global_step)
+        if not self.async_analysis:
+            self._hand_over(trainer)
+        self.epoch_end_wait_s.append(time.perf_counter() - start)
+
+    def _analyse(
+        self, matrices: dict[str, np.ndarray], undefined: dict[str, list[int]], epoch: int, step: int
+    ) -> EpochLog:
+        """Analyse, render and write one epoch, every source (worker thread). Returns what the loggers get."""
+        start = time.perf_counter()
+        assert self.save_dir is not None
+        analysis = analyse_epoch(
+            matrices, self.sources, options=self.options, class_names=self.class_names, taxonomy=self.taxonomy,
+            previous=dict(self._previous), reference=self._reference, heatmap=self.heatmap, undefined=undefined,
+        )  # fmt: skip
+        write_epoch(self.save_dir, epoch, step, self.sources, analysis, undefined)
+        self._previous = dict(analysis.results)  # one assignment: readers see the old or the new dict
+        self.analysis_s.append(time.perf_counter() - start)
+        return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes)
+
+    # ------------------------------------------------------------------------------------------ logging
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._worker.first_done():
+            self._hand_over(trainer)
+
+    def _hand_over(self, trainer: pl.Trainer, wait: bool = False) -> None:
+        """Hand finished epochs to the loggers (training thread); report worker errors as warnings."""
+        for future in self._worker.finished(wait):
+            try:
+                log = future.result()
+            except Exception as err:
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: the analysis of an epoch failed and was skipped: "
+                    f"{type(err).__name__}: {err}",
+                    category=UserWarning,
+                )
+                continue
+            self._history.append({"epoch": log.epoch, "step": log.step, **log.scalars})
+            self._warn_once(log)
+            for logger in trainer.loggers:
+                self._log(logger, log)
+
+    def _warn_once(self, log: EpochLog) -> None:
+        """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
+        primary = self.sources[0].name
+        for name, k in log.at_max_groups:
+            if ("max_groups", name) not in self._warned:
+                self._warned.add(("max_groups", name))
+                which = "" if name == primary else f", source {name!r}:"
+                alone = "" if name == primary else " (or give that source options of its own)"
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: at epoch {log.epoch}{which} the automatic choice picked {k} groups, "
+                    f"the most it tried; the classes may form more groups. Pass `StructureOptions(max_groups=...)` "
+                    f"larger than {k}{alone} to let it choose more.",
+                    category=UserWarning,
+                )
+        for name, note in log.notes:
+            if ("note", name) not in self._warned:
+                self._warned.add(("note", name))
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: at epoch {log.epoch}, source {name!r}: {note} To change the options of "
+                    f"this source alone, give it options of its own, e.g. `CooccurrenceSource(StructureOptions("
+                    "method='average'))` in `sources`. (Said once per source; every epoch's notes are in its "
+                    "summary.json and group table.)",
+                    category=UserWarning,
+                )
+
+    def _log(self, logger: Any, log: EpochLog) -> None:
+        try:
+            pictures = writer_for(logger)(logger, log, self.tag_prefix)
+        except Exception as err:  # a failing logger must not stop training; the files are already on disk
+            rank_zero_warn(
+                f"ClassSimilarityCallback: logging epoch {log.epoch} to {type(logger).__name__} failed "
+                f"({type(err).__name__}: {err}); the epoch's files are in {self.save_dir}.",
+                category=UserWarning,
+            )
+            return
+        name = type(logger).__name__
+        if not pictures and ("logger", name) not in self._warned:
+            self._warned.add(("logger", name))
+            rank_zero_warn(
+                f"ClassSimilarityCallback logs only the scalars to {name}; the heatmaps and group summaries are "
+                f"written to {self.save_dir}. See `lightning_classim.callback.register_logger` to add a tracker.",
+                category=UserWarning,
+            )
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hand_over(trainer, wait=True)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            self._hand_over(trainer, wait=True)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            self._hand_over(trainer, wait=True)
+
+    # ------------------------------------------------------------------------------------------ results, checkpoints
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The structure scalars of every analysed epoch that reached the loggers, oldest first."""
+        return list(self._history)
+
+    @property
+    def last_result(self) -> StructureResult | None:
+        """The primary source's most recent analysis (waits for nothing: may lag behind while the worker runs)."""
+        return self._previous.get(self.sources[0].name)
+
+    @property
+    def last_results(self) -> dict[str, StructureResult]:
+        """Every source's most recent analysis, by source name."""
+        return dict(self._previous)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        self._worker.wait_all()  # a checkpoint taken while an analysis runs waits for it
+        return {"version": 2, "num_classes": self.num_classes, "results": results_to_state(self._previous)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version", 1) < 2 or state_dict.get("num_classes", self.num_classes) != self.num_classes:
+            if state_dict.get("similarity") is not None or state_dict.get("results"):
+                rank_zero_warn(
+                    "ClassSimilarityCallback: the checkpoint's last analysis is from an older version or another "
+                    "number of classes and is not restored; the first epoch after resuming has no drift.",
+                    category=UserWarning,
+                )
+            return
+        names = {src.name for src in self.sources}
+        self._previous = {k: v for k, v in results_from_state(state_dict.get("results", {})).items() if k in names}
+
+
+def _checked(value: Any, cls: type, name: str, example: str) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise ValueError(
+            f"Expected argument `{name}` to be a {cls.__name__} or None, but got {type(value).__name__}. "
+            f"Example: {example}."
+        )
+    return value

@@ -1,0 +1,127 @@
+"""Handing one analysed epoch to the trackers: one writer per logger class, found by :func:`writer_for`.
+
+A writer takes the logger, the epoch's :class:`EpochLog` and the tag prefix, and logs what its tracker can show.
+Loggers without a writer of their own get the scalars through ``log_metrics`` (the pictures and tables are on disk).
+:func:`register_logger` adds a writer for a logger class of yours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_classim.callback._epoch import Panel
+
+__all__ = ["EpochLog", "LoggerWriter", "register_logger", "writer_for"]
+
+
+@dataclass
+class EpochLog:
+    """What one epoch logs: produced on the worker thread, handed to the loggers on the training thread."""
+
+    epoch: int
+    step: int
+    scalars: dict[str, float]
+    panels: list[Panel] = field(default_factory=list)
+    #: ``(source, number of groups)`` of the analyses whose automatic choice hit the top of its range
+    at_max_groups: list[tuple[str, int]] = field(default_factory=list)
+    #: ``(source, note)`` of what the analyses could not do as asked
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def tag(self, prefix: str, panel: Panel, name: str) -> str:
+        """The tag of one of a panel's items: ``classim/heatmap`` or ``classim/features_layer4/heatmap``."""
+        return f"{prefix}/{panel.path}/{name}" if panel.path else f"{prefix}/{name}"
+
+    def prefixed_scalars(self, prefix: str) -> dict[str, float]:
+        """The scalars under the tag prefix."""
+        return {f"{prefix}/{k}": v for k, v in self.scalars.items()}
+
+
+#: A function that logs an epoch to one logger: ``writer(logger, log, prefix)``. It returns ``True`` when it logged
+#: the pictures and tables too, ``False`` when only the scalars.
+LoggerWriter = Callable[[Any, EpochLog, str], bool]
+
+_WRITERS: dict[type, LoggerWriter] = {}
+_BUILT_IN_DONE = False
+
+
+def register_logger(logger_class: type, writer: LoggerWriter) -> None:
+    """Use ``writer`` for loggers of ``logger_class`` (and its subclasses without a writer of their own).
+
+    Example:
+        >>> from lightning_classim.callback import register_logger
+        >>> class MyLogger:
+        ...     def log_metrics(self, metrics, step): print(sorted(metrics)[:1], step)
+        >>> def write(logger, log, prefix):
+        ...     logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+        ...     return False  # only the scalars
+        >>> register_logger(MyLogger, write)
+    """
+    if not isinstance(logger_class, type) or not callable(writer):
+        raise ValueError(
+            f"Expected a logger class and a writer function, but got {logger_class!r} and {writer!r}. Example: "
+            "register_logger(MyLogger, write) with write(logger, log, prefix) -> bool."
+        )
+    _WRITERS[logger_class] = writer
+
+
+def writer_for(logger: Any) -> LoggerWriter:
+    """The writer of a logger: the one registered for its class or the nearest base class, else scalars only."""
+    _register_built_in()
+    for cls in type(logger).__mro__:
+        if cls in _WRITERS:
+            return _WRITERS[cls]
+    return _scalars_only
+
+
+def _scalars_only(logger: Any, log: EpochLog, prefix: str) -> bool:
+    logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+    return False
+
+
+def _tensorboard(logger: Any, log: EpochLog, prefix: str) -> bool:
+    writer = logger.experiment
+    for panel in log.panels:
+        if panel.image is not None:
+            writer.add_image(log.tag(prefix, panel, "heatmap"), panel.image, log.step, dataformats="HWC")
+        writer.add_text(log.tag(prefix, panel, "groups"), panel.markdown, log.step)
+        if panel.histogram is not None and panel.histogram.size:
+            writer.add_histogram(log.tag(prefix, panel, "similarity"), panel.histogram, log.step)
+    logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+    writer.flush()
+    return True
+
+
+def _wandb(logger: Any, log: EpochLog, prefix: str) -> bool:
+    import wandb
+
+    run = logger.experiment
+    scalars = log.prefixed_scalars(prefix)
+    data: dict[str, Any] = dict(scalars)
+    for panel in log.panels:
+        if panel.image is not None:
+            data[log.tag(prefix, panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {log.epoch}")
+        data[log.tag(prefix, panel, "groups")] = wandb.Table(
+            columns=list(panel.table_columns),  # type: ignore[arg-type]
+            data=list(panel.table_rows),  # type: ignore[arg-type]
+        )
+        if panel.histogram is not None and panel.histogram.size:
+            data[log.tag(prefix, panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
+    data["trainer/global_step"] = log.step
+    run.log(data)
+    for key, value in scalars.items():
+        run.summary[key] = value
+    return True
+
+
+def _register_built_in() -> None:
+    """Register the writers of the loggers that import (once)."""
+    global _BUILT_IN_DONE
+    if _BUILT_IN_DONE:
+        return
+    _BUILT_IN_DONE = True
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+    _WRITERS.setdefault(TensorBoardLogger, _tensorboard)
+    _WRITERS.setdefault(WandbLogger, _wandb)

@@ -1,0 +1,162 @@
+"""How far two structures agree, and how far a learned tree matches a known taxonomy.
+
+:func:`agreement` is the one place where two analyses are compared (the correlation of their matrices, the adjusted
+Rand index of their groups and the correlation of their trees): the drift between epochs, the agreement of a source
+with the primary one, a run against its reference and ``classim compare`` all use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.cluster.hierarchy import cophenet
+
+from lightning_classim._stats import adjusted_rand_index, condensed, offdiag_pearson, pearson
+from lightning_classim.structure._result import StructureResult
+from lightning_classim.structure._tree import cut_maxclust, positions
+
+__all__ = ["agreement", "check_taxonomy", "compare_structures", "taxonomy_agreement"]
+
+
+def agreement(a: StructureResult, b: StructureResult, trees: bool = True) -> dict[str, float]:
+    """How far two analyses of the same classes agree.
+
+    Args:
+        a: one analysis.
+        b: the other, over the same classes.
+        trees: also compare the trees (``cophenetic_corr``; ``O(m^2)`` memory).
+
+    Returns:
+        ``matrix_corr`` (Pearson correlation of the two matrices' off-diagonal values), ``group_ari`` (adjusted Rand
+        index of the two groupings) and, with ``trees``, ``cophenetic_corr`` (Pearson correlation of the two trees'
+        cophenetic distances).
+
+    Raises:
+        ValueError: if the two analyses have different numbers of classes.
+    """
+    if a.num_classes != b.num_classes:
+        raise ValueError(
+            f"Expected both analyses to cover the same classes, but got {a.num_classes} and {b.num_classes} classes."
+        )
+    out = {
+        "matrix_corr": offdiag_pearson(a.similarity, b.similarity),
+        "group_ari": adjusted_rand_index(a.groups, b.groups),
+    }
+    if trees:
+        out["cophenetic_corr"] = pearson(cophenet(a.linkage), cophenet(b.linkage))
+    return out
+
+
+def compare_structures(current: StructureResult, previous: StructureResult) -> dict[str, float]:
+    """Change between two analyses of the same classes (e.g. consecutive epochs, or two runs).
+
+    Args:
+        current: the newer analysis.
+        previous: the earlier one.
+
+    Returns:
+        ``drift`` (1 - Pearson correlation of the two matrices' off-diagonal values), ``group_ari`` (adjusted
+        Rand index of the groupings) and ``order_distance`` (mean absolute change of a class's position along the
+        order, as a fraction of ``m``).
+
+    Raises:
+        ValueError: if the two analyses have different numbers of classes.
+    """
+    both = agreement(current, previous, trees=False)
+    m = current.num_classes
+    moved = np.abs(positions(current.order) - positions(previous.order))
+    return {
+        "drift": 1.0 - both["matrix_corr"],
+        "group_ari": both["group_ari"],
+        "order_distance": float(moved.mean() / m),
+    }
+
+
+def check_taxonomy(taxonomy: Any, m: int, class_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Validate a taxonomy for ``m`` classes and return its levels (label arrays, coarsest first).
+
+    Raises:
+        ValueError: if a level does not give one label per class, or a dict taxonomy misses class names.
+    """
+    names = list(class_names) if class_names is not None else [str(i) for i in range(m)]
+    return taxonomy_levels(taxonomy, m, names)
+
+
+def taxonomy_levels(taxonomy: Any, m: int, class_names: Sequence[str]) -> list[np.ndarray]:
+    """Normalise a taxonomy to a list of label arrays, coarsest level first."""
+    if isinstance(taxonomy, dict):
+        levels = _levels_from_tree(taxonomy, class_names)
+    else:
+        seq = list(taxonomy)
+        if all(np.ndim(x) == 0 for x in seq):
+            levels = [seq]
+        else:
+            levels = [list(level) if np.ndim(level) == 1 else [level] for level in seq]
+    out = []
+    for i, level in enumerate(levels):
+        if len(level) != m:
+            raise ValueError(
+                f"Expected argument `taxonomy` to give one label per class ({m}) at every level, but level {i} has "
+                f"{len(level)} labels. Pass a label per class, a list of such lists (coarsest first), or a nested "
+                "dict whose leaves are class names."
+            )
+        out.append(np.unique(np.asarray([str(x) for x in level]), return_inverse=True)[1].ravel())
+    return out
+
+
+def _levels_from_tree(tree: dict[str, Any], class_names: Sequence[str]) -> list[list[str]]:
+    """Turn ``{"indoor": {"kitchen-like": ["kitchen", ...]}, ...}`` into per-class label lists."""
+    paths: dict[str, list[str]] = {}
+    stack: list[tuple[list[str], Any]] = [([], tree)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                stack.append(([*path, str(key)], child))
+        else:
+            for leaf in node:
+                paths[str(leaf)] = path
+    missing = [n for n in class_names if n not in paths]
+    if missing:
+        raise ValueError(
+            f"Expected argument `taxonomy` to place every class, but {len(missing)} class names are not leaves of "
+            f"the tree, e.g. {missing[:5]}. Add them, or pass `class_names=` that match the tree's leaves."
+        )
+    depth = max(len(p) for p in paths.values())
+    levels = []
+    for d in range(depth):
+        levels.append(["/".join(paths[n][: d + 1]) for n in class_names])
+    return levels
+
+
+def taxonomy_agreement(
+    linkage: np.ndarray, taxonomy: Any, class_names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """How well a learned tree matches a known taxonomy (seed: Kim et al., 2023).
+
+    Args:
+        linkage: scipy linkage matrix over ``m`` classes.
+        taxonomy: a label per class; or a list of such label lists, coarsest level first; or a nested dict whose
+            leaves are lists of class names (needs ``class_names``).
+        class_names: the class names, for a dict taxonomy.
+
+    Returns:
+        ``taxonomy_ari``: adjusted Rand index between the tree cut into as many groups as the taxonomy's top level
+        has, and that top level; ``taxonomy_tree_corr``: Pearson correlation between the tree's cophenetic
+        distances and the taxonomy's tree distances (the number of levels below the deepest common ancestor).
+    """
+    m = linkage.shape[0] + 1
+    names = list(class_names) if class_names is not None else [str(i) for i in range(m)]
+    levels = taxonomy_levels(taxonomy, m, names)
+    top = levels[0]
+    k = int(top.max()) + 1
+    ari = adjusted_rand_index(cut_maxclust(linkage, k), top) if k >= 2 else float("nan")
+    coph = cophenet(linkage)
+    tax = np.zeros_like(coph)
+    for level in levels:
+        lab = level.astype(np.float64)
+        differ = np.abs(condensed(lab[:, None] - lab[None, :]))
+        tax += differ > 0
+    return {"taxonomy_ari": ari, "taxonomy_tree_corr": pearson(coph, tax)}

@@ -1,0 +1,269 @@
+""":func:`analyze`: order a class-similarity matrix by hierarchical clustering and summarise its groups."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.cluster.hierarchy import cophenet
+
+from lightning_classim._validation import check_names, check_order
+from lightning_classim.options import StructureOptions, default_max_groups
+from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
+from lightning_classim.structure._backend import ops
+from lightning_classim.structure._failed import failed_groups
+from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
+from lightning_classim.structure._result import FailedGroup, StructureResult, best_k
+from lightning_classim.structure._silhouette import dense, nested
+from lightning_classim.structure._tree import (
+    Cuts,
+    Distances,
+    as_similarity_matrix,
+    check_range,
+    child_sizes,
+    fewer_groups_note,
+    leaf_order,
+    positions,
+    relabel_by_order,
+)
+
+__all__ = ["analyze", "notes_not_warned"]
+
+#: Above this many classes, ``optimal_ordering=True`` is refused (it took 76 s at m = 2622 on a 2-core CPU).
+OPTIMAL_ORDERING_MAX = 3000
+#: Above this many classes, ``optimal_ordering=True`` warns that it will be slow.
+OPTIMAL_ORDERING_WARN = 1000
+#: From this many classes on, the cophenetic correlation comes from the tree and the fine block sums (below it, from
+#: the backend's sums over the tree).
+TREE_COPHENET_MIN = 1500
+
+_NOTES_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("lightning_classim_notes_quiet", default=False)
+
+
+def analyze(
+    similarity: Any,
+    options: StructureOptions | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    order: Any = None,
+    previous: StructureResult | None = None,
+    taxonomy: Any = None,
+    **changes: Any,
+) -> StructureResult:
+    """Order a class-similarity matrix by hierarchical clustering and summarise its groups.
+
+    The tree is cut into flat groups (a fixed number, a height, or automatically: the cut with the best mean
+    silhouette over ``2..max_groups`` groups); each group is summarised, and split groups (dense off-diagonal blocks)
+    and failed groups (similar classes the tree scatters) are searched. See :class:`StructureOptions` for every
+    option and ``docs/analysis.md`` for the algorithms.
+
+    Args:
+        similarity: the ``(m, m)`` similarity matrix (numpy or torch), e.g. from ``ClassSimilarity.compute()``:
+            symmetric, finite, values in ``[-1, 1]``.
+        options: how to build, cut and search the tree (default: ``StructureOptions()``).
+        class_names: names of the classes, for summaries.
+        order: an externally given order (e.g. a known taxonomy's) used instead of the tree's leaf order.
+        previous: the analysis of the previous epoch (or another run): adds ``drift``, ``group_ari`` and
+            ``order_distance`` to the metrics and orients the new leaf order to follow the previous one.
+        taxonomy: a known structure (see :func:`taxonomy_agreement`): adds ``taxonomy_ari`` and
+            ``taxonomy_tree_corr`` to the metrics.
+        changes: options to change in ``options``, by name (``analyze(S, n_groups=8)`` is
+            ``analyze(S, StructureOptions(n_groups=8))``).
+
+    Returns:
+        A :class:`StructureResult`. Its ``metrics`` hold ``cophenetic_corr``, ``n_groups``,
+        ``within_minus_between``, ``mean_within``, ``mean_between``, ``offdiag_mean``, ``offdiag_std``,
+        ``offdiag_skew``, and, when asked for, ``silhouette``, ``drift``, ``group_ari``, ``order_distance``,
+        ``taxonomy_ari`` and ``taxonomy_tree_corr``.
+
+    Raises:
+        ValueError: for a matrix that is not square, symmetric and finite with values in ``[-1, 1]`` and
+            ``m >= 2``; a bad option (see :class:`StructureOptions`), or ``n_groups`` above ``m``; a bad ``order``;
+            ``class_names`` of the wrong length; a ``previous`` result over other classes; ``optimal_ordering``
+            above 3,000 classes.
+        TypeError: for a keyword that is not an option.
+
+    Example:
+        >>> import numpy as np
+        >>> from lightning_classim import analyze
+        >>> sim = np.array([[1.0, 0.9, 0.1, 0.0], [0.9, 1.0, 0.0, 0.1], [0.1, 0.0, 1.0, 0.8], [0.0, 0.1, 0.8, 1.0]])
+        >>> result = analyze(sim, class_names=["cat", "dog", "car", "bus"])
+        >>> result.groups.tolist(), result.order.tolist()
+        ([0, 0, 1, 1], [0, 1, 2, 3])
+        >>> [g.names for g in result.summary]
+        [('cat', 'dog'), ('car', 'bus')]
+        >>> analyze(sim, n_groups=1).n_groups
+        1
+    """
+    opts = _resolve(options, changes)
+    sim = as_similarity_matrix(similarity)
+    m = sim.shape[0]
+    opts.check_for(m)
+    names = check_names(class_names, m)
+    if previous is not None and previous.num_classes != m:
+        raise ValueError(
+            f"Expected argument `previous` to be an analysis of the same {m} classes, but it has "
+            f"{previous.num_classes}. Drop `previous` when the classes change."
+        )
+    if taxonomy is not None:
+        check_taxonomy(taxonomy, m, names)
+    if opts.optimal_ordering and m > OPTIMAL_ORDERING_MAX:
+        raise ValueError(
+            f"Expected `optimal_ordering=True` only up to {OPTIMAL_ORDERING_MAX} classes, but got {m} "
+            "(scipy's optimal leaf ordering took 76 s at 2,622 classes). Use `optimal_ordering=False`."
+        )
+    given_order = check_order(order, m) if order is not None else None
+    if opts.clip_negative:
+        check_range(sim, float(sim.min()), 0.0)
+        sim = np.maximum(sim, 0.0)
+    dist = Distances(sim, opts.distance, opts.method)
+    check_range(sim, dist.low, dist.top)
+
+    z, tree_order = _tree(dist, opts, m, previous if given_order is None else None)
+    leaf = given_order if given_order is not None else tree_order
+    cuts = Cuts(z, tree_order)
+    labels, block_sums, scores, metrics = _groups(sim, dist, z, cuts, opts, m)
+    if not (given_order is None and cuts.monotone):
+        labels = relabel_by_order(labels, leaf)
+    k = int(labels.max()) + 1
+    notes = []
+    if (opts.n_groups is not None and k < opts.n_groups) or (opts.automatic and m >= 3 and k == 1):
+        notes.append(fewer_groups_note(opts.n_groups, k, z, cuts.monotone, opts.method))
+    if not _NOTES_QUIET.get():
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
+    summary, mean_within, mean_between = summaries(block_sums, labels, leaf, names)
+    mean, std, skew = dist.moments
+    metrics.update(n_groups=float(k), mean_within=mean_within, mean_between=mean_between,
+                   within_minus_between=mean_within - mean_between, offdiag_mean=mean, offdiag_std=std,
+                   offdiag_skew=skew)  # fmt: skip
+    del dist
+    cohesions = np.array([g.cohesion for g in summary])
+    split = split_groups(block_sums, cuts, labels, cohesions, opts.split_ratio, limit=10)
+    failed: tuple[FailedGroup, ...] = ()
+    if opts.find_failed and k >= 2:
+        blocks = block_sums.blocks(labels)
+        failed = failed_groups(sim, labels, blocks, mean_within, mean_between, opts.failed_ratio,
+                               opts.failed_membership, opts.seed, limit=10)  # fmt: skip
+    result = StructureResult(
+        similarity=sim.astype(np.float32),
+        order=leaf,
+        linkage=z,
+        groups=labels,
+        summary=summary,
+        metrics=metrics,
+        split_groups=split,
+        failed_groups=failed,
+        class_names=tuple(names),
+        silhouettes=dict(sorted(scores.items())),
+        notes=tuple(notes),
+    )
+    if previous is not None:
+        metrics.update(compare_structures(result, previous))
+    if taxonomy is not None:
+        metrics.update(taxonomy_agreement(z, taxonomy, names))
+    return result
+
+
+def _resolve(options: StructureOptions | None, changes: dict[str, Any]) -> StructureOptions:
+    if options is not None and not isinstance(options, StructureOptions):
+        raise TypeError(
+            f"Expected argument `options` to be a StructureOptions, but got {type(options).__name__}. Pass options "
+            "as `StructureOptions(...)` or by name, e.g. `analyze(S, n_groups=8)`."
+        )
+    base = options if options is not None else StructureOptions()
+    return base.replace(**changes) if changes else base
+
+
+def _tree(
+    dist: Distances, opts: StructureOptions, m: int, previous: StructureResult | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linkage tree and its leaf order (oriented to follow ``previous``'s order when given)."""
+    z = dist.linkage(opts.method)
+    if opts.optimal_ordering:
+        if m > OPTIMAL_ORDERING_WARN:
+            warnings.warn(
+                f"optimal_ordering=True on {m} classes can take minutes (1 s at 1,000, 76 s at 2,622 classes).",
+                UserWarning,
+                stacklevel=3,
+            )
+        z = dist.optimal_ordering(z)
+    if previous is not None and not opts.optimal_ordering:
+        return z, leaf_order(z, positions(previous.order))
+    return z, leaf_order(z)
+
+
+def _groups(
+    sim: np.ndarray, dist: Distances, z: np.ndarray, cuts: Cuts, opts: StructureOptions, m: int
+) -> tuple[np.ndarray, BlockSums, dict[int, float], dict[str, float]]:
+    """The flat groups, the block sums they were found with, the silhouettes tried and the first metrics.
+
+    One pass over the matrix sums it over the clusters of a fine cut that the groups, the silhouette cuts and the
+    split-group sub-blocks all nest in (monotone trees).
+    """
+    if opts.n_groups is not None:
+        raw = cuts.into(opts.n_groups)
+    elif opts.distance_threshold is not None:
+        raw = cuts.at_height(opts.distance_threshold)
+    else:
+        raw = np.zeros(m, dtype=np.intp)
+    top = default_max_groups(m) if opts.max_groups is None else opts.max_groups
+    ks = range(2, max(2, min(top, m - 1)) + 1)
+    need = max(ks) if opts.automatic else int(raw.max()) + 1
+    fine = cuts.into(max(need, split_fine_k(need, m))) if cuts.ranges is not None else None  # numbered along order
+    block_sums = BlockSums(sim, fine)
+    metrics = {"cophenetic_corr": _cophenetic_corr(sim, dist, z, cuts, block_sums, m)}
+    scores: dict[int, float] = {}
+    if opts.automatic and m >= 3:
+        if cuts.ranges is not None and dist.linear:
+            assert cuts.gaps is not None
+            scores = nested(block_sums, cuts.gaps, z, cuts.order, ks)
+        else:
+            scores = dense(dist, cuts, ks)
+        if scores:
+            best = best_k(scores)
+            metrics["silhouette"] = scores[best]
+            raw = cuts.into(best)
+    return raw, block_sums, scores, metrics
+
+
+def _cophenetic_corr(sim: np.ndarray, dist: Distances, z: np.ndarray, cuts: Cuts, sums: BlockSums, m: int) -> float:
+    """The cophenetic correlation, from sums over the tree when the distance is ``1 - s``, else from all pairs."""
+    cross = None
+    if cuts.ranges is not None and dist.linear:
+        if m >= TREE_COPHENET_MIN:
+            cross = tree_cross_sums(sums, cuts.order, cuts.ranges)
+        if cross is None:
+            cross = ops().merge_cross_sums(sim, cuts.order, cuts.ranges)
+    if cross is not None:
+        sizes = child_sizes(z)
+        coph_dot_d = float(z[:, 2] @ (sizes[:, 0] * sizes[:, 1] - cross))
+    else:
+        coph_dot_d = float(np.dot(cophenet(z), dist.condensed))
+    return dist.cophenetic_corr(z, coph_dot_d)
+
+
+@contextlib.contextmanager
+def notes_not_warned() -> Iterator[None]:
+    """Within this block (in this thread or task), :func:`analyze` keeps its notes in the result without warning.
+
+    For callers that report the notes themselves, such as the callback (once per source, not every epoch).
+
+    Example:
+        >>> import numpy as np
+        >>> from lightning_classim.structure import analyze, notes_not_warned
+        >>> pairs = np.kron(np.eye(3), np.ones((2, 2))) * 0.8 + np.eye(6) * 0.2  # three equally unlike pairs
+        >>> with notes_not_warned():
+        ...     result = analyze(pairs, n_groups=2)
+        >>> result.n_groups, result.notes[0][:60]
+        (1, 'n_groups=2 gave 1 group: 2 merges tie at height 1 and a cut ')
+    """
+    token = _NOTES_QUIET.set(True)
+    try:
+        yield
+    finally:
+        _NOTES_QUIET.reset(token)

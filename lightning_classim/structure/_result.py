@@ -1,0 +1,327 @@
+"""The result of the structure analysis, in one shape for memory, disk and checkpoints.
+
+:class:`StructureResult` is what :func:`~lightning_classim.analyze` returns, what the callback writes to disk and
+keeps in its checkpoint, and what :func:`~lightning_classim.artifacts.load_snapshot` reads back: four arrays
+(:meth:`StructureResult.arrays`) and a JSON-ready summary (:meth:`StructureResult.to_dict`), put back together by
+:meth:`StructureResult.from_parts`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FailedGroup", "GroupSummary", "SplitGroup", "StructureResult", "best_k"]
+
+#: The arrays of a result, with the dtype each is stored in.
+ARRAY_DTYPES: dict[str, Any] = {"similarity": np.float32, "order": np.int64, "linkage": np.float64, "groups": np.int64}
+
+
+def json_float(value: float | None) -> float | None:
+    """``None`` for NaN, infinity and ``None``, else the value as a float (JSON has no NaN)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(value: float) -> str:
+    return "" if not math.isfinite(value) else f"{value:.2f}"
+
+
+def md_escape(text: str) -> str:
+    """A name safe in a markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def best_k(scores: Mapping[int, float]) -> int:
+    """The automatic choice: the best mean silhouette, ties (to 12 decimals) to the smaller number of groups."""
+    return max(scores, key=lambda k: (round(scores[k], 12), -k))
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One flat group of classes.
+
+    Attributes:
+        group: the group's label (0 is the first block along the leaf order).
+        members: the classes in the group, in leaf order.
+        names: their names (class names if given, else the indices as strings).
+        size: number of members.
+        cohesion: mean similarity between two different members (NaN for a single class).
+        separation: mean similarity of a member to the classes outside the group (NaN if there are none).
+        nearest: the other group with the highest mean similarity to this one (``None`` if there is one group).
+        nearest_similarity: that mean similarity (NaN if ``nearest`` is ``None``).
+    """
+
+    group: int
+    members: tuple[int, ...]
+    names: tuple[str, ...]
+    size: int
+    cohesion: float
+    separation: float
+    nearest: int | None
+    nearest_similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN becomes ``None``)."""
+        return {
+            "group": self.group,
+            "members": list(self.members),
+            "names": list(self.names),
+            "size": self.size,
+            "cohesion": json_float(self.cohesion),
+            "separation": json_float(self.separation),
+            "nearest": self.nearest,
+            "nearest_similarity": json_float(self.nearest_similarity),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GroupSummary:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            group=int(data["group"]),
+            members=tuple(int(i) for i in data["members"]),
+            names=tuple(str(n) for n in data["names"]),
+            size=int(data["size"]),
+            cohesion=_nan(data.get("cohesion")),
+            separation=_nan(data.get("separation")),
+            nearest=None if data.get("nearest") is None else int(data["nearest"]),
+            nearest_similarity=_nan(data.get("nearest_similarity")),
+        )
+
+
+@dataclass(frozen=True)
+class SplitGroup:
+    """Two sets of classes in different groups whose off-diagonal block is dense (paper, section 3.2).
+
+    Attributes:
+        groups: the two groups the sets belong to.
+        members: the classes of each set.
+        similarity: mean similarity between the two sets.
+        cohesion: mean cohesion of the two groups; ``similarity / cohesion`` near 1 means that the two sets are
+            as similar as classes within one group usually are.
+    """
+
+    groups: tuple[int, int]
+    members: tuple[tuple[int, ...], tuple[int, ...]]
+    similarity: float
+    cohesion: float
+
+    def to_dict(self, names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready dict with member names."""
+        return {
+            "groups": list(self.groups),
+            "members": [list(s) for s in self.members],
+            "names": [[names[i] for i in s] for s in self.members],
+            "similarity": json_float(self.similarity),
+            "cohesion": json_float(self.cohesion),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitGroup:
+        """The inverse of :meth:`to_dict`."""
+        a, b = (tuple(int(i) for i in part) for part in data["members"])
+        g0, g1 = (int(g) for g in data["groups"])
+        return cls(groups=(g0, g1), members=(a, b), similarity=_nan(data.get("similarity")),
+                   cohesion=_nan(data.get("cohesion")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FailedGroup:
+    """Mutually similar classes that the tree scatters across several groups (paper, section 3.2).
+
+    Found among the pairs of classes in different groups whose residual (similarity minus the mean similarity of
+    their two groups) stands out from the noise (see :mod:`lightning_classim.structure`).
+
+    Attributes:
+        members: the classes.
+        groups: the flat groups they are scattered over.
+        similarity: mean similarity between two members that sit in different groups.
+    """
+
+    members: tuple[int, ...]
+    groups: tuple[int, ...]
+    similarity: float
+
+    def to_dict(self, names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready dict with member names."""
+        return {
+            "members": list(self.members),
+            "names": [names[i] for i in self.members],
+            "groups": list(self.groups),
+            "similarity": json_float(self.similarity),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FailedGroup:
+        """The inverse of :meth:`to_dict`."""
+        return cls(members=tuple(int(i) for i in data["members"]), groups=tuple(int(g) for g in data["groups"]),
+                   similarity=_nan(data.get("similarity")))  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class StructureResult:
+    """The result of :func:`~lightning_classim.analyze`: order, tree, groups, summaries and metrics of a matrix.
+
+    Attributes:
+        similarity: the analysed ``(m, m)`` matrix (float32, original class order, after clipping if asked).
+        order: the leaf order, a permutation of ``range(m)``: ``similarity[np.ix_(order, order)]`` is the heatmap.
+        linkage: the scipy linkage matrix ``(m - 1, 4)``.
+        groups: flat group label of each class, in the original class order.
+        summary: one :class:`GroupSummary` per group, in leaf order.
+        metrics: structure scalars (see :func:`~lightning_classim.analyze`).
+        split_groups: dense off-diagonal blocks between groups.
+        failed_groups: mutually similar classes scattered over several groups.
+        class_names: the class names.
+        silhouettes: the mean silhouette of every cut the automatic choice tried, ``{k: score}`` (empty when
+            ``n_groups`` or ``distance_threshold`` chose the groups).
+        notes: what the analysis could not do as asked, in words (e.g. a cut that gave fewer groups than asked, and
+            why); :func:`~lightning_classim.analyze` also issues each as a ``UserWarning``.
+    """
+
+    similarity: np.ndarray
+    order: np.ndarray
+    linkage: np.ndarray
+    groups: np.ndarray
+    summary: tuple[GroupSummary, ...]
+    metrics: dict[str, float]
+    split_groups: tuple[SplitGroup, ...] = ()
+    failed_groups: tuple[FailedGroup, ...] = ()
+    class_names: tuple[str, ...] = field(default=())
+    silhouettes: dict[int, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``m``."""
+        return int(self.similarity.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        """Number of flat groups."""
+        return len(self.summary)
+
+    @property
+    def choice_at_max_groups(self) -> bool:
+        """Whether the automatic choice picked the largest number of groups it tried while more were possible.
+
+        The matrix may then have more groups than the range allowed: raise ``max_groups``.
+        """
+        if not self.silhouettes:
+            return False
+        top = max(self.silhouettes)
+        return best_k(self.silhouettes) == top and top < self.num_classes - 1
+
+    # ------------------------------------------------------------------------------------------ one shape
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four arrays, in the dtypes they are stored in (``similarity``, ``order``, ``linkage``, ``groups``)."""
+        return {name: np.asarray(getattr(self, name)).astype(dtype, copy=False) for name, dtype in ARRAY_DTYPES.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no matrices): metrics, groups, split and failed groups, silhouettes and notes."""
+        names = self.class_names
+        return {
+            "num_classes": self.num_classes,
+            "n_groups": self.n_groups,
+            "metrics": {k: json_float(v) for k, v in self.metrics.items()},
+            "groups": [g.to_dict() for g in self.summary],
+            "split_groups": [s.to_dict(names) for s in self.split_groups],
+            "failed_groups": [f.to_dict(names) for f in self.failed_groups],
+            "silhouettes": {str(k): json_float(v) for k, v in self.silhouettes.items()},
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_parts(
+        cls, arrays: Mapping[str, Any], summary: Mapping[str, Any], class_names: Sequence[str]
+    ) -> StructureResult:
+        """Put a result back together from :meth:`arrays`, :meth:`to_dict` and the class names.
+
+        Raises:
+            ValueError: if the parts do not agree (shapes, names) or the summary misses a key.
+        """
+        sim = np.asarray(arrays["similarity"])
+        m = sim.shape[0] if sim.ndim == 2 else -1
+        order, link, groups = (np.asarray(arrays[k]) for k in ("order", "linkage", "groups"))
+        if sim.shape != (m, m) or order.shape != (m,) or groups.shape != (m,) or len(class_names) != m:
+            raise ValueError(
+                f"Expected the parts of one result, but got similarity {sim.shape}, order {order.shape}, groups "
+                f"{groups.shape} and {len(class_names)} class names."
+            )
+        if link.shape != (m - 1, 4):
+            raise ValueError(f"Expected a linkage matrix of shape ({m - 1}, 4) for {m} classes, but got {link.shape}.")
+        try:
+            return cls(
+                similarity=sim.astype(np.float32, copy=False),
+                order=order.astype(np.intp),
+                linkage=link.astype(np.float64, copy=False),
+                groups=groups.astype(np.intp),
+                summary=tuple(GroupSummary.from_dict(g) for g in summary["groups"]),
+                metrics={str(k): _nan(v) for k, v in summary["metrics"].items()},
+                split_groups=tuple(SplitGroup.from_dict(s) for s in summary.get("split_groups", [])),
+                failed_groups=tuple(FailedGroup.from_dict(f) for f in summary.get("failed_groups", [])),
+                class_names=tuple(str(n) for n in class_names),
+                silhouettes={int(k): _nan(v) for k, v in summary.get("silhouettes", {}).items()},
+                notes=tuple(str(n) for n in summary.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"Expected a result summary as `StructureResult.to_dict()` writes it, but: {err!r}"
+            ) from err
+
+    # ------------------------------------------------------------------------------------------ tables
+
+    def group_rows(self, max_members: int = 15) -> list[list[Any]]:
+        """The group table, one row per group: group, size, cohesion, separation, nearest group, members.
+
+        Members are the first ``max_members`` names, then ``... (+n)``; NaN is ``None``.
+        """
+        rows = []
+        for g in self.summary:
+            shown = ", ".join(g.names[:max_members])
+            if g.size > max_members:
+                shown += f", ... (+{g.size - max_members})"
+            rows.append([g.group, g.size, json_float(g.cohesion), json_float(g.separation), g.nearest, shown])
+        return rows
+
+    #: The columns of :meth:`group_rows`.
+    GROUP_COLUMNS = ("group", "size", "cohesion", "separation", "nearest", "members")
+
+    def summary_markdown(self, max_members: int = 15) -> str:
+        """The group summary as a markdown table (for TensorBoard's text plugin and reports)."""
+        lines = [
+            "| group | size | cohesion | separation | nearest group | members |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for g in self.summary:
+            shown = ", ".join(md_escape(n) for n in g.names[:max_members])
+            if g.size > max_members:
+                shown += f", ... (+{g.size - max_members})"
+            nearest = "" if g.nearest is None else f"{g.nearest} ({g.nearest_similarity:.2f})"
+            lines.append(f"| {g.group} | {g.size} | {_fmt(g.cohesion)} | {_fmt(g.separation)} | {nearest} | {shown} |")
+        names = self.class_names
+        for s in self.split_groups:
+            a, b = ([md_escape(names[i]) for i in part[:max_members]] for part in s.members)
+            lines.append(
+                f"\nSplit group between groups {s.groups[0]} and {s.groups[1]} (similarity {s.similarity:.2f}): "
+                f"{', '.join(a)} <-> {', '.join(b)}"
+            )
+        for f in self.failed_groups:
+            shown_names = [md_escape(names[i]) for i in f.members[:max_members]]
+            lines.append(
+                f"\nFailed group over groups {list(f.groups)} (similarity {f.similarity:.2f}): {', '.join(shown_names)}"
+            )
+        lines.extend(f"\nNote: {md_escape(note)}" for note in self.notes)
+        if self.choice_at_max_groups:
+            lines.append(
+                f"\nThe automatic choice picked {max(self.silhouettes)} groups, the most it tried: there may be more. "
+                "Raise `max_groups`."
+            )
+        return "\n".join(lines)

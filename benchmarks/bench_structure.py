@@ -19,8 +19,8 @@ For each m, on a similarity matrix of realistic structure (the correlation of lo
 * ``analyze, numpy and scipy only``: the same with the compiled kernels turned off (``LIGHTNING_CLASSIM_NUMBA=0``),
   i.e. scipy's linkage inside.
 * ``linkage``: the compiled nearest-neighbour chain that ``analyze`` uses (``lightning_classim.structure._kernels``,
-  equal to scipy's bit for bit; timed with making the square matrix it works in, as ``analyze`` makes it) next to scipy's
-  bare linkage call on a condensed vector.
+  equal to scipy's bit for bit; timed with making the square matrix it works in, as ``analyze`` makes it) next to
+  scipy's bare linkage call on a condensed vector.
 * ``stall``: the longest pause of a Python loop on the main thread while ``analyze`` runs on a worker thread (as the
   callback's ``async_analysis`` does), with and without the compiled kernels: scipy's linkage holds the GIL.
 * ``with failed groups``: the matrix above has none, and there the search ends after its pass over the pairs (none

@@ -25,7 +25,7 @@ from lightning_classim._validation import check_bool, check_int, check_names, ch
 from lightning_classim.artifacts import write_run_info
 from lightning_classim.callback._capture import Capture
 from lightning_classim.callback._epoch import analyse_epoch, write_epoch
-from lightning_classim.callback._loggers import EpochLog, writer_for
+from lightning_classim.callback._loggers import Dispatch, EpochLog
 from lightning_classim.callback._state import results_from_state, results_to_state
 from lightning_classim.callback._worker import Worker
 from lightning_classim.options import StructureOptions
@@ -147,7 +147,7 @@ class ClassSimilarityCallback(Callback):
         self._worker: Worker[EpochLog] = Worker(self.async_analysis)
         self._previous: dict[str, StructureResult] = {}
         self._history: list[dict[str, float]] = []
-        self._warned: set[tuple[str, str]] = set()
+        self._dispatch = Dispatch(self.tag_prefix)
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
         self.epoch_end_wait_s: list[float] = []
@@ -340,53 +340,9 @@ class ClassSimilarityCallback(Callback):
                 )
                 continue
             self._history.append({"epoch": log.epoch, "step": log.step, **log.scalars})
-            self._warn_once(log)
+            self._dispatch.advise(log, self.sources[0].name)
             for logger in trainer.loggers:
-                self._log(logger, log)
-
-    def _warn_once(self, log: EpochLog) -> None:
-        """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
-        primary = self.sources[0].name
-        for name, k in log.at_max_groups:
-            if ("max_groups", name) not in self._warned:
-                self._warned.add(("max_groups", name))
-                which = "" if name == primary else f", source {name!r}:"
-                alone = "" if name == primary else " (or give that source options of its own)"
-                rank_zero_warn(
-                    f"ClassSimilarityCallback: at epoch {log.epoch}{which} the automatic choice picked {k} groups, "
-                    f"the most it tried; the classes may form more groups. Pass `StructureOptions(max_groups=...)` "
-                    f"larger than {k}{alone} to let it choose more.",
-                    category=UserWarning,
-                )
-        for name, note in log.notes:
-            if ("note", name) not in self._warned:
-                self._warned.add(("note", name))
-                rank_zero_warn(
-                    f"ClassSimilarityCallback: at epoch {log.epoch}, source {name!r}: {note} To change the options of "
-                    f"this source alone, give it options of its own, e.g. `CooccurrenceSource(StructureOptions("
-                    "method='average'))` in `sources`. (Said once per source; every epoch's notes are in its "
-                    "summary.json and group table.)",
-                    category=UserWarning,
-                )
-
-    def _log(self, logger: Any, log: EpochLog) -> None:
-        try:
-            pictures = writer_for(logger)(logger, log, self.tag_prefix)
-        except Exception as err:  # a failing logger must not stop training; the files are already on disk
-            rank_zero_warn(
-                f"ClassSimilarityCallback: logging epoch {log.epoch} to {type(logger).__name__} failed "
-                f"({type(err).__name__}: {err}); the epoch's files are in {self.save_dir}.",
-                category=UserWarning,
-            )
-            return
-        name = type(logger).__name__
-        if not pictures and ("logger", name) not in self._warned:
-            self._warned.add(("logger", name))
-            rank_zero_warn(
-                f"ClassSimilarityCallback logs only the scalars to {name}; the heatmaps and group summaries are "
-                f"written to {self.save_dir}. See `lightning_classim.callback.register_logger` to add a tracker.",
-                category=UserWarning,
-            )
+                self._dispatch.send(logger, log, self.save_dir)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from lightning_classim.callback._epoch import Panel
 
-__all__ = ["EpochLog", "LoggerWriter", "register_logger", "writer_for"]
+__all__ = ["Dispatch", "EpochLog", "LoggerWriter", "register_logger", "writer_for"]
 
 
 @dataclass
@@ -73,6 +76,61 @@ def writer_for(logger: Any) -> LoggerWriter:
         if cls in _WRITERS:
             return _WRITERS[cls]
     return _scalars_only
+
+
+class Dispatch:
+    """Sends each epoch to the loggers, and says what needs saying once per fit (not every epoch)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._said: set[tuple[str, str]] = set()
+
+    def _once(self, kind: str, key: str) -> bool:
+        if (kind, key) in self._said:
+            return False
+        self._said.add((kind, key))
+        return True
+
+    def send(self, logger: Any, log: EpochLog, save_dir: Path | None) -> None:
+        """Log one epoch to one logger; a failing logger gets a warning, never stops training."""
+        try:
+            pictures = writer_for(logger)(logger, log, self.prefix)
+        except Exception as err:  # the files are already on disk
+            rank_zero_warn(
+                f"ClassSimilarityCallback: logging epoch {log.epoch} to {type(logger).__name__} failed "
+                f"({type(err).__name__}: {err}); the epoch's files are in {save_dir}.",
+                category=UserWarning,
+            )
+            return
+        name = type(logger).__name__
+        if not pictures and self._once("logger", name):
+            rank_zero_warn(
+                f"ClassSimilarityCallback logs only the scalars to {name}; the heatmaps and group summaries are "
+                f"written to {save_dir}. See `lightning_classim.callback.register_logger` to add a tracker.",
+                category=UserWarning,
+            )
+
+    def advise(self, log: EpochLog, primary: str) -> None:
+        """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
+        for name, k in log.at_max_groups:
+            if self._once("max_groups", name):
+                which = "" if name == primary else f", source {name!r}:"
+                alone = "" if name == primary else " (or give that source options of its own)"
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: at epoch {log.epoch}{which} the automatic choice picked {k} groups, "
+                    f"the most it tried; the classes may form more groups. Pass `StructureOptions(max_groups=...)` "
+                    f"larger than {k}{alone} to let it choose more.",
+                    category=UserWarning,
+                )
+        for name, note in log.notes:
+            if self._once("note", name):
+                rank_zero_warn(
+                    f"ClassSimilarityCallback: at epoch {log.epoch}, source {name!r}: {note} To change the options of "
+                    f"this source alone, give it options of its own, e.g. `CooccurrenceSource(StructureOptions("
+                    "method='average'))` in `sources`. (Said once per source; every epoch's notes are in its "
+                    "summary.json and group table.)",
+                    category=UserWarning,
+                )
 
 
 def _scalars_only(logger: Any, log: EpochLog, prefix: str) -> bool:

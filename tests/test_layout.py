@@ -24,7 +24,8 @@ def test_lazy_table_and_all_agree_and_every_name_imports():
 
 
 def test_the_command_line_modules_start_without_torch():
-    code = "import sys, lightning_classim.runs, lightning_classim.report, lightning_classim.cli; print('torch' in sys.modules)"
+    modules = "lightning_classim.runs, lightning_classim.report, lightning_classim.cli"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

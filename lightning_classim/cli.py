@@ -78,42 +78,76 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``classim <command> ...`` and return the exit code."""
-    from lightning_classim.report import write_report
-    from lightning_classim.runs import RunError, compare_runs, compare_table, export_tree
+    import warnings
+
+    from lightning_classim.runs import RunError, RunWarning
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "demo":
-            from lightning_classim import demo  # imports torch and Lightning: only for the demo
 
-            if args.epochs < 1:
-                parser.error(f"--epochs must be at least 1, got {args.epochs}")
-            return demo.run_cli(args.out, args.epochs, args.seed, progress=not args.no_progress)
-        if args.command == "report":
-            folder = write_report(args.run, args.out)
-            print(f"report written to {folder}:")
-            for name in ("report.md", "metrics.png", "heatmaps.png", "evolution.gif", "changes.json", "report.json"):
-                print(f"  {folder / name}")
-            return 0
-        if args.command == "compare":
-            if len(args.runs) < 2:
-                parser.error("compare needs two runs or more")
-            if args.neighbours < 1:
-                parser.error(f"--neighbours must be at least 1, got {args.neighbours}")
-            report = compare_runs(args.runs, epoch=args.epoch, out=args.png, neighbours=args.neighbours)
-            print(json.dumps(report, indent=1) if args.json else compare_table(report))
-            return 0
-        if args.command == "export":
-            text = export_tree(args.run, args.format, args.epoch)
-            if args.out:
-                with open(args.out, "w") as fh:
-                    fh.write(text + "\n")
-                print(f"{args.format} tree written to {args.out}")
-            else:
-                print(text)
-            return 0
+    def say(message: Warning | str, category: type[Warning], *rest: object, **kw: object) -> None:
+        print(f"classim {args.command}: warning: {message}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RunWarning)
+            warnings.showwarning = say  # type: ignore[assignment]
+            return _run(args, parser)
     except RunError as err:
         print(f"classim {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # an output path that is a file, a full disk, ...
+        if isinstance(err, BrokenPipeError):  # `classim ... | head`: the reader has gone; say nothing more
+            _silence_stdout()
+            return 1
+        print(f"classim {args.command}: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "),
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not raise again on the closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - no real file descriptor (e.g. captured output)
+        pass
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """One command, its errors left to :func:`main`."""
+    from lightning_classim.report import write_report
+    from lightning_classim.runs import compare_runs, compare_table, export_tree
+
+    if args.command == "demo":
+        from lightning_classim import demo  # imports torch and Lightning: only for the demo
+
+        if args.epochs < 1:
+            parser.error(f"--epochs must be at least 1, got {args.epochs}")
+        return demo.run_cli(args.out, args.epochs, args.seed, progress=not args.no_progress)
+    if args.command == "report":
+        folder = write_report(args.run, args.out)
+        print(f"report written to {folder}:")
+        for name in ("report.md", "metrics.png", "heatmaps.png", "evolution.gif", "changes.json", "report.json"):
+            print(f"  {folder / name}")
+        return 0
+    if args.command == "compare":
+        if len(args.runs) < 2:
+            parser.error("compare needs two runs or more")
+        if args.neighbours < 1:
+            parser.error(f"--neighbours must be at least 1, got {args.neighbours}")
+        report = compare_runs(args.runs, epoch=args.epoch, out=args.png, neighbours=args.neighbours)
+        print(json.dumps(report, indent=1) if args.json else compare_table(report))
+        return 0
+    if args.command == "export":
+        text = export_tree(args.run, args.format, args.epoch)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text + "\n")
+            print(f"{args.format} tree written to {args.out}")
+        else:
+            print(text)
+        return 0
     return 2  # pragma: no cover

@@ -16,7 +16,7 @@ from lightning_classim._streaming import (
     compute_matrix,
     finite_rows,
     fold_block,
-    new_states,
+    new_stats,
     transform_scores,
     update_block,
     warn_undefined,
@@ -69,9 +69,9 @@ def class_similarity(
     check_args(preds.shape[1], scores, nan_strategy, undefined)
     x = transform_scores(preds, scores, multilabel)
     mask = finite_rows(x) if nan_strategy == "skip" else None
-    state = new_states(x.shape[1], device=x.device)
+    stats = new_stats(x.shape[1], device=x.device)
     block, vmin, vmax = update_block(x, None, mask, fresh=True)
-    fold_block(block, state["n"], state["s1"], state["s2"])
-    result = compute_matrix(state["n"], state["s1"], state["s2"], vmin.double(), vmax.double(), undefined)
+    fold_block(block, stats)
+    result = compute_matrix(stats, vmin.double(), vmax.double(), undefined)
     warn_undefined(result.constant, undefined)
     return result.matrix

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -226,17 +226,21 @@ def render_heatmap(
     return img
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB ``uint8`` image as PNG (no display needed) and return the path.
+def save_png(image: np.ndarray, path: str | Path | IO[bytes]) -> Path | IO[bytes]:
+    """Write an RGB ``uint8`` image as PNG (no display needed) to a path or a binary file; return it.
 
     zlib level 1: a heatmap of fine noisy cells hardly compresses, and level 1 writes it about 3x faster than the
     default level 6 for the same size (1.72 vs 1.73 MB for m = 1000).
     """
     from PIL import Image
 
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    if not isinstance(path, (str, Path)):
+        picture.save(path, format="PNG", optimize=False, compress_level=1)
+        return path
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG", optimize=False, compress_level=1)
+    picture.save(out, format="PNG", optimize=False, compress_level=1)
     return out
 
 

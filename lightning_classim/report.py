@@ -16,6 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from lightning_classim.artifacts import Snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
 from lightning_classim.runs import Run, load_run
+from lightning_classim.structure import md_escape
 
 __all__ = ["group_changes", "write_report"]
 
@@ -164,7 +165,7 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         "",
     ]
     for change in changes:
-        names = [m["name"] for m in change["moved"]]
+        names = [md_escape(m["name"]) for m in change["moved"]]
         shown = ", ".join(names[:30]) + (f", ... (+{len(names) - 30})" if len(names) > 30 else "")
         lines.append(f"- epoch {change['from_epoch']} -> {change['to_epoch']}: {len(names)} moved. {shown}")
     if not changes:

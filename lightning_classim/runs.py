@@ -8,6 +8,7 @@ analysed epoch, see :mod:`lightning_classim.artifacts`). Any folder that holds e
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,25 @@ from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
 from lightning_classim.structure import agreement
 
-__all__ = ["Run", "RunError", "compare_runs", "compare_table", "export_tree", "find_run", "load_run", "reference_order"]
+__all__ = [
+    "Run",
+    "RunError",
+    "RunWarning",
+    "compare_runs",
+    "compare_table",
+    "export_tree",
+    "find_run",
+    "load_run",
+    "reference_order",
+]
 
 
 class RunError(Exception):
     """A run folder that cannot be used (missing, empty, corrupt, or incompatible with another run)."""
+
+
+class RunWarning(UserWarning):
+    """Part of a run could not be read and was skipped (e.g. one corrupt epoch folder)."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +115,10 @@ def load_run(path: str | Path) -> Run:
     for p in paths:
         try:
             snaps.append(load_snapshot(p))
-        except (OSError, ValueError) as err:
-            raise RunError(f"{p} is corrupt or incomplete: {err}") from None
+        except (OSError, ValueError) as err:  # one bad epoch does not block the others
+            warnings.warn(f"skipped {p}: it is corrupt or incomplete ({err})", RunWarning, stacklevel=2)
+    if not snaps:
+        raise RunError(f"{folder} holds no readable epoch: all {len(paths)} epoch folders are corrupt or incomplete.")
     sizes = {s.result.num_classes for s in snaps}
     if len(sizes) != 1:
         raise RunError(f"{folder} mixes epochs with different numbers of classes: {sorted(sizes)}.")
@@ -276,6 +293,8 @@ def export_tree(path: str | Path, fmt: str = "json", epoch: int | None = None) -
 
 
 def _newick_name(name: str) -> str:
+    """A Newick label: bare when it is safe, else quoted (``'`` doubled; line breaks become spaces)."""
     if name and all(c.isalnum() or c in "_-./" for c in name):
         return name
-    return "'" + name.replace("'", "''") + "'"
+    flat = " ".join(name.splitlines()) if name else name
+    return "'" + flat.replace("'", "''") + "'"

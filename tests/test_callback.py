@@ -520,7 +520,7 @@ def test_history_is_empty_before_fit():
     assert cb.history == [] and cb.last_result is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cb.state_dict() == {"version": 2, "num_classes": 4, "results": {}}
+        assert cb.state_dict() == {"version": 2, "num_classes": 4, "validations": 0, "results": {}, "streams": {}}
         cb.load_state_dict({})
     # a checkpoint of the earlier format (version 1) is not restored, and the user is told
     with pytest.warns(UserWarning, match=r"last analysis is from an older version .* is not restored"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from typing_extensions import override
 
 from lightning_classim._streaming import NanStrategy, ScoresType, check_args
 from lightning_classim._validation import check_bool, check_int, check_names, check_order
-from lightning_classim.artifacts import write_run_info
+from lightning_classim.artifacts import clean_stale, write_run_info
 from lightning_classim.callback._capture import Capture
 from lightning_classim.callback._epoch import analyse_epoch, write_epoch
 from lightning_classim.callback._loggers import Dispatch, EpochLog
@@ -142,12 +143,14 @@ class ClassSimilarityCallback(Callback):
         self._capture = Capture(num_classes, output_key, module, target_key)
         self._needs_scores = any(src.needs_scores for src in self.sources)
         self._needs_target = any(src.needs_target for src in self.sources)
-        ctx = self._context()
-        self._metrics: dict[str, Metric | None] = {src.name: src.make_metric(ctx) for src in self.sources}
+        self._streams: dict[tuple[str, int], _Stream] = {}
+        self._stream("validate", 0)  # makes the sources' metrics now: a bad source fails at construction
+        self._stage: str | None = None
+        self._probe = False
+        self._validations = 0
         self._worker: Worker[EpochLog] = Worker(self.async_analysis)
-        self._previous: dict[str, StructureResult] = {}
-        self._history: list[dict[str, float]] = []
-        self._dispatch = Dispatch(self.tag_prefix)
+        self._history: list[dict[str, Any]] = []
+        self._dispatch = Dispatch()
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
         self.epoch_end_wait_s: list[float] = []
@@ -156,8 +159,8 @@ class ClassSimilarityCallback(Callback):
 
     @property
     def metric(self) -> Metric | None:
-        """The metric of the primary source (a :class:`~lightning_classim.ClassSimilarity` for ``"scores"``)."""
-        return self._metrics[self.sources[0].name]
+        """The primary source's metric of the (first) validation dataloader (a ``ClassSimilarity`` for "scores")."""
+        return self._stream("validate", 0).metrics[self.sources[0].name]
 
     @property
     @override
@@ -177,6 +180,15 @@ class ClassSimilarityCallback(Callback):
         """The class names, or the class indices as strings."""
         return self.class_names or [str(i) for i in range(self.num_classes)]
 
+    def _stream(self, stage: str, index: int, many: bool = False) -> _Stream:
+        key = (stage, index)
+        if key not in self._streams:
+            ctx = self._context()
+            self._streams[key] = _Stream(stage, index, many, {src.name: src.make_metric(ctx) for src in self.sources})
+        stream = self._streams[key]
+        stream.many = many or stream.many
+        return stream
+
     # ------------------------------------------------------------------------------------------ set-up
 
     @override
@@ -187,8 +199,17 @@ class ClassSimilarityCallback(Callback):
                 "Pass `save_dir=...` to the callback, or a logger to the Trainer."
             )
         log_dir = trainer.log_dir  # collective under DDP: every rank asks
+        root = Path(log_dir or trainer.default_root_dir)
         if self.save_dir is None:
-            self.save_dir = Path(log_dir or trainer.default_root_dir) / self.tag_prefix
+            self.save_dir = root / self.tag_prefix
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is not self and isinstance(other, ClassSimilarityCallback):
+                theirs = other.save_dir or root / other.tag_prefix
+                if Path(theirs).resolve() == self.save_dir.resolve():
+                    raise ValueError(
+                        f"Two ClassSimilarityCallback instances would write into one folder, {self.save_dir}: give "
+                        "them different `tag_prefix` (e.g. 'classim' and 'classim_ranks') or `save_dir`."
+                    )
         if isinstance(self.reference, (str, Path)) and self._reference is None:
             self._reference = self._load_reference(self.reference)
         if not self._capture.attached:
@@ -202,7 +223,20 @@ class ClassSimilarityCallback(Callback):
             module = self._capture.module
             self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers)
         if trainer.is_global_zero:
-            self._write_run_info()
+            removed = clean_stale(self.save_dir)
+            if removed:
+                self._dispatch.once(
+                    "stale",
+                    str(self.save_dir),
+                    f"removed {len(removed)} leftovers of an "
+                    f"interrupted run in {self.save_dir} (unfinished files and epoch folders).",
+                )
+            try:
+                self._write_run_info()
+            except OSError as err:
+                self._dispatch.once(
+                    "write", "", f"could not write {self.save_dir / 'run.json'} ({err}); training goes on."
+                )
 
     def _load_reference(self, folder: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         from lightning_classim.runs import RunError, load_run
@@ -243,22 +277,53 @@ class ClassSimilarityCallback(Callback):
 
     # ------------------------------------------------------------------------------------------ capture
 
-    def _should_run(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        if trainer.state.fn == "fit":
-            return (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        return True
-
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hand_over(trainer)
-        self._capture.active = self._should_run(trainer)
-        if self._capture.active:
-            for metric in self._metrics.values():
+        if trainer.sanity_checking:  # check the capture on one batch, so that a bad set-up fails in seconds
+            self._probe = self._capture.active = True
+            return
+        if trainer.state.fn == "fit":
+            self._validations += 1
+            if self._validations % self.every_n_epochs:
+                return
+        self._begin("validate", trainer, pl_module)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hand_over(trainer)
+        self._begin("test", trainer, pl_module)
+
+    def _begin(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = trainer.num_val_batches if stage == "validate" else trainer.num_test_batches
+        count = max(1, len(batches)) if isinstance(batches, list) else 1
+        for index in range(count):
+            for metric in self._stream(stage, index, many=count > 1).metrics.values():
                 if metric is not None:
                     metric.reset()
                     metric.to(pl_module.device)
+        self._stage, self._capture.active = stage, True
+        self._check_sampler(trainer, stage)
+
+    def _check_sampler(self, trainer: pl.Trainer, stage: str) -> None:
+        """Warn when a distributed sampler repeats samples to even out the processes (the matrix is not the data's)."""
+        loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
+        for index, loader in enumerate(loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+            sampler = getattr(loader, "sampler", None)
+            if not isinstance(sampler, torch.utils.data.DistributedSampler):
+                continue
+            try:
+                size = len(sampler.dataset)  # type: ignore[arg-type]
+            except TypeError:
+                continue
+            extra = int(getattr(sampler, "total_size", size)) - size  # 0 for a sampler that does not pad
+            if extra:
+                self._dispatch.once("padding", f"{stage}{index}", (
+                    f"the {stage} dataloader {index} has {size} samples over {sampler.num_replicas} processes, so "
+                    f"Lightning's DistributedSampler repeats {extra} of them and the similarity is not exactly the "
+                    "data's. Make the set size a multiple of the number of processes, or pass "
+                    "`Trainer(use_distributed_sampler=False)` with a sampler that does not pad, such as "
+                    "`pytorch_lightning.overrides.distributed.UnrepeatedDistributedSampler`."))  # fmt: skip
 
     @override
     def on_validation_batch_end(
@@ -270,6 +335,21 @@ class ClassSimilarityCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self._feed("validate", pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._feed("test", pl_module, outputs, batch, dataloader_idx)
+
+    def _feed(self, stage: str, pl_module: pl.LightningModule, outputs: Any, batch: Any, index: int) -> None:
         if not self._capture.active:
             return
         try:
@@ -277,9 +357,18 @@ class ClassSimilarityCallback(Callback):
             needing = [src.name for src in self.sources if src.needs_target]
             target = self._capture.targets(batch, needing) if self._needs_target else None
             inputs = BatchInputs(scores, target, dict(self._capture.features))
-            ctx = self._context(pl_module)
             for src in self.sources:
-                self._metrics[src.name] = src.update(self._metrics[src.name], inputs, ctx)
+                for module in src.hooked_modules:
+                    inputs.feature(module, src.name)
+            if self._probe:  # the sanity check: what the sources need is there; nothing is accumulated
+                self._probe = self._capture.active = False
+                return
+            if stage != self._stage:
+                return
+            ctx = self._context(pl_module)
+            metrics = self._stream(stage, index).metrics
+            for src in self.sources:
+                metrics[src.name] = src.update(metrics[src.name], inputs, ctx)
         finally:
             self._capture.features.clear()
 
@@ -287,36 +376,65 @@ class ClassSimilarityCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._capture.active:
+        if self._probe or trainer.sanity_checking:
+            self._probe = self._capture.active = False
             return
-        self._capture.active = False
+        self._end("validate", trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end("test", trainer, pl_module)
+
+    def _end(self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._capture.active or self._stage != stage:
+            return
+        self._capture.active, self._stage = False, None
         start = time.perf_counter()
         ctx = self._context(pl_module, trainer)
-        matrices = {}
-        for src in self.sources:  # collective: every rank takes part in each sync, in the same order
-            matrices[src.name] = src.compute(self._metrics[src.name], ctx).detach().cpu().float().numpy()
-        if not trainer.is_global_zero:
-            return
-        undefined = {src.name: src.undefined_classes(self._metrics[src.name]) for src in self.sources}
-        self._worker.submit(self._analyse, matrices, undefined, trainer.current_epoch, trainer.global_step)
-        if not self.async_analysis:
-            self._hand_over(trainer)
-        self.epoch_end_wait_s.append(time.perf_counter() - start)
+        streams = sorted((s for s in self._streams.values() if s.stage == stage), key=lambda s: s.index)
+        for stream in streams:
+            matrices = {}
+            for src in self.sources:  # collective: every rank takes part in each sync, in the same order
+                matrix = src.compute(stream.metrics[src.name], ctx)
+                matrices[src.name] = matrix.detach().cpu().float().numpy()
+            if not trainer.is_global_zero:
+                continue
+            undefined = {src.name: src.undefined_classes(stream.metrics[src.name]) for src in self.sources}
+            while self._worker.pending >= MAX_PENDING:  # a bounded queue: the training thread waits for the oldest
+                self._dispatch.once(
+                    "queue",
+                    "",
+                    f"the analysis is slower than the {stage} epochs come: the training "
+                    f"thread waits for it (at most {MAX_PENDING} epochs are queued, so none is lost "
+                    "or piles up in memory). Pass `every_n_epochs` to analyse fewer epochs.",
+                )
+                self._hand_over(trainer, oldest=True)
+            self._worker.submit(self._analyse, stream, matrices, undefined, trainer.current_epoch, trainer.global_step)
+        if trainer.is_global_zero:
+            if not self.async_analysis:
+                self._hand_over(trainer)
+            self.epoch_end_wait_s.append(time.perf_counter() - start)
 
     def _analyse(
-        self, matrices: dict[str, np.ndarray], undefined: dict[str, list[int]], epoch: int, step: int
+        self, stream: _Stream, matrices: dict[str, np.ndarray], undefined: dict[str, list[int]], epoch: int, step: int
     ) -> EpochLog:
-        """Analyse, render and write one epoch, every source (worker thread). Returns what the loggers get."""
+        """Analyse, render and write one epoch of a stream, every source (worker thread). Returns what to log."""
         start = time.perf_counter()
         assert self.save_dir is not None
         analysis = analyse_epoch(
             matrices, self.sources, options=self.options, class_names=self.class_names, taxonomy=self.taxonomy,
-            previous=dict(self._previous), reference=self._reference, heatmap=self.heatmap, undefined=undefined,
+            previous=dict(stream.previous), reference=self._reference, heatmap=self.heatmap, undefined=undefined,
         )  # fmt: skip
-        write_epoch(self.save_dir, epoch, step, self.sources, analysis, undefined)
-        self._previous = dict(analysis.results)  # one assignment: readers see the old or the new dict
+        stream.previous = dict(analysis.results)  # one assignment: readers see the old or the new dict
+        error = ""
+        try:
+            write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined)
+        except OSError as err:  # a full disk: nothing partial stays, the loggers still get the epoch
+            error = f"{type(err).__name__}: {err}"
         self.analysis_s.append(time.perf_counter() - start)
-        return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes)
+        return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes,
+                        prefix=stream.prefix(self.tag_prefix), suffix=stream.suffix, write_error=error,
+                        stage=stream.stage, dataloader_idx=stream.index)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ logging
 
@@ -327,9 +445,10 @@ class ClassSimilarityCallback(Callback):
         if self._worker.first_done():
             self._hand_over(trainer)
 
-    def _hand_over(self, trainer: pl.Trainer, wait: bool = False) -> None:
+    def _hand_over(self, trainer: pl.Trainer, wait: bool = False, oldest: bool = False) -> None:
         """Hand finished epochs to the loggers (training thread); report worker errors as warnings."""
-        for future in self._worker.finished(wait):
+        futures = [f for f in [self._worker.oldest()] if f is not None] if oldest else self._worker.finished(wait)
+        for future in futures:
             try:
                 log = future.result()
             except Exception as err:
@@ -339,7 +458,8 @@ class ClassSimilarityCallback(Callback):
                     category=UserWarning,
                 )
                 continue
-            self._history.append({"epoch": log.epoch, "step": log.step, **log.scalars})
+            self._history.append({"epoch": log.epoch, "step": log.step, "stage": log.stage,
+                                  "dataloader_idx": log.dataloader_idx, **log.scalars})  # fmt: skip
             self._dispatch.advise(log, self.sources[0].name)
             for logger in trainer.loggers:
                 self._dispatch.send(logger, log, self.save_dir)
@@ -354,6 +474,10 @@ class ClassSimilarityCallback(Callback):
             self._hand_over(trainer, wait=True)
 
     @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hand_over(trainer, wait=True)
+
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -362,24 +486,39 @@ class ClassSimilarityCallback(Callback):
     # ------------------------------------------------------------------------------------------ results, checkpoints
 
     @property
-    def history(self) -> list[dict[str, float]]:
-        """The structure scalars of every analysed epoch that reached the loggers, oldest first."""
+    def history(self) -> list[dict[str, Any]]:
+        """The structure scalars of every analysed epoch that reached the loggers, oldest first.
+
+        Each entry has ``epoch``, ``step``, ``stage`` (``"validate"`` or ``"test"``), ``dataloader_idx`` and the
+        scalars by name (``n_groups``, ``features_layer4/n_groups``, ...), without the tag prefix.
+        """
         return list(self._history)
 
     @property
     def last_result(self) -> StructureResult | None:
-        """The primary source's most recent analysis (waits for nothing: may lag behind while the worker runs)."""
-        return self._previous.get(self.sources[0].name)
+        """The primary source's most recent analysis of the (first) validation dataloader.
+
+        It waits for nothing: it may lag behind while the worker runs.
+        """
+        return self.last_results.get(self.sources[0].name)
 
     @property
     def last_results(self) -> dict[str, StructureResult]:
-        """Every source's most recent analysis, by source name."""
-        return dict(self._previous)
+        """Every source's most recent analysis of the (first) validation dataloader, by source name."""
+        stream = self._streams.get(("validate", 0))
+        return dict(stream.previous) if stream is not None else {}
+
+    def results_of(self, stage: str = "validate", dataloader_idx: int = 0) -> dict[str, StructureResult]:
+        """Every source's most recent analysis of one stage (``"validate"`` or ``"test"``) and dataloader."""
+        stream = self._streams.get((stage, dataloader_idx))
+        return dict(stream.previous) if stream is not None else {}
 
     @override
     def state_dict(self) -> dict[str, Any]:
         self._worker.wait_all()  # a checkpoint taken while an analysis runs waits for it
-        return {"version": 2, "num_classes": self.num_classes, "results": results_to_state(self._previous)}
+        streams = {f"{s.stage}/{s.index}": results_to_state(s.previous) for s in self._streams.values() if s.previous}
+        return {"version": 2, "num_classes": self.num_classes, "validations": self._validations,
+                "results": streams.pop("validate/0", {}), "streams": streams}  # fmt: skip
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -391,8 +530,43 @@ class ClassSimilarityCallback(Callback):
                     category=UserWarning,
                 )
             return
+        self._validations = int(state_dict.get("validations", 0))
         names = {src.name for src in self.sources}
-        self._previous = {k: v for k, v in results_from_state(state_dict.get("results", {})).items() if k in names}
+        parts = {"validate/0": state_dict.get("results", {}), **state_dict.get("streams", {})}
+        for key, part in parts.items():
+            stage, _, index = key.partition("/")
+            results = {k: v for k, v in results_from_state(part).items() if k in names}
+            if results:
+                self._stream(stage, int(index)).previous = results
+
+
+MAX_PENDING = 2
+"""Epochs queued for the worker at most; with more, the training thread waits for the oldest (none is lost)."""
+
+
+@dataclass
+class _Stream:
+    """One stage's dataloader: its sources' metrics and last analyses, its folder and its tags."""
+
+    stage: str
+    index: int
+    many: bool
+    metrics: dict[str, Metric | None]
+    previous: dict[str, StructureResult] = field(default_factory=dict)
+
+    def folder(self, save_dir: Path) -> Path:
+        """``save_dir``, ``save_dir/test``, and ``/dataloader_idx_N`` below them when the stage has several."""
+        out = save_dir / "test" if self.stage == "test" else save_dir
+        return out / f"dataloader_idx_{self.index}" if self.many else out
+
+    def prefix(self, tag_prefix: str) -> str:
+        """``classim``, or ``classim/test``."""
+        return f"{tag_prefix}/test" if self.stage == "test" else tag_prefix
+
+    @property
+    def suffix(self) -> str:
+        """``""``, or ``/dataloader_idx_N`` when the stage has several dataloaders (as Lightning tags them)."""
+        return f"/dataloader_idx_{self.index}" if self.many else ""
 
 
 def _checked(value: Any, cls: type, name: str, example: str) -> Any:

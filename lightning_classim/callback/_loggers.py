@@ -21,7 +21,11 @@ __all__ = ["Dispatch", "EpochLog", "LoggerWriter", "register_logger", "writer_fo
 
 @dataclass
 class EpochLog:
-    """What one epoch logs: produced on the worker thread, handed to the loggers on the training thread."""
+    """What one epoch logs: produced on the worker thread, handed to the loggers on the training thread.
+
+    Tags are ``<prefix>/<name><suffix>``: the prefix is the callback's ``tag_prefix`` (``classim/test`` for the
+    test set), the suffix ``/dataloader_idx_N`` when the stage has several dataloaders, as Lightning tags them.
+    """
 
     epoch: int
     step: int
@@ -31,19 +35,26 @@ class EpochLog:
     at_max_groups: list[tuple[str, int]] = field(default_factory=list)
     #: ``(source, note)`` of what the analyses could not do as asked
     notes: list[tuple[str, str]] = field(default_factory=list)
+    prefix: str = "classim"
+    suffix: str = ""
+    #: why the epoch's files could not be written (``""`` when they were)
+    write_error: str = ""
+    #: ``"validate"`` or ``"test"``
+    stage: str = "validate"
+    dataloader_idx: int = 0
 
-    def tag(self, prefix: str, panel: Panel, name: str) -> str:
+    def tag(self, panel: Panel, name: str) -> str:
         """The tag of one of a panel's items: ``classim/heatmap`` or ``classim/features_layer4/heatmap``."""
-        return f"{prefix}/{panel.path}/{name}" if panel.path else f"{prefix}/{name}"
+        return f"{self.prefix}/{panel.path}/{name}{self.suffix}" if panel.path else f"{self.prefix}/{name}{self.suffix}"
 
-    def prefixed_scalars(self, prefix: str) -> dict[str, float]:
-        """The scalars under the tag prefix."""
-        return {f"{prefix}/{k}": v for k, v in self.scalars.items()}
+    def tagged_scalars(self) -> dict[str, float]:
+        """The scalars under their tags (``classim/n_groups``, ...)."""
+        return {f"{self.prefix}/{k}{self.suffix}": v for k, v in self.scalars.items()}
 
 
-#: A function that logs an epoch to one logger: ``writer(logger, log, prefix)``. It returns ``True`` when it logged
-#: the pictures and tables too, ``False`` when only the scalars.
-LoggerWriter = Callable[[Any, EpochLog, str], bool]
+#: A function that logs an epoch to one logger: ``writer(logger, log)``. It returns ``True`` when it logged the
+#: pictures and tables too, ``False`` when only the scalars.
+LoggerWriter = Callable[[Any, EpochLog], bool]
 
 _WRITERS: dict[type, LoggerWriter] = {}
 _BUILT_IN_DONE = False
@@ -56,15 +67,15 @@ def register_logger(logger_class: type, writer: LoggerWriter) -> None:
         >>> from lightning_classim.callback import register_logger
         >>> class MyLogger:
         ...     def log_metrics(self, metrics, step): print(sorted(metrics)[:1], step)
-        >>> def write(logger, log, prefix):
-        ...     logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+        >>> def write(logger, log):
+        ...     logger.log_metrics(log.tagged_scalars(), log.step)
         ...     return False  # only the scalars
         >>> register_logger(MyLogger, write)
     """
     if not isinstance(logger_class, type) or not callable(writer):
         raise ValueError(
             f"Expected a logger class and a writer function, but got {logger_class!r} and {writer!r}. Example: "
-            "register_logger(MyLogger, write) with write(logger, log, prefix) -> bool."
+            "register_logger(MyLogger, write) with write(logger, log) -> bool."
         )
     _WRITERS[logger_class] = writer
 
@@ -81,8 +92,7 @@ def writer_for(logger: Any) -> LoggerWriter:
 class Dispatch:
     """Sends each epoch to the loggers, and says what needs saying once per fit (not every epoch)."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self) -> None:
         self._said: set[tuple[str, str]] = set()
 
     def _once(self, kind: str, key: str) -> bool:
@@ -94,7 +104,7 @@ class Dispatch:
     def send(self, logger: Any, log: EpochLog, save_dir: Path | None) -> None:
         """Log one epoch to one logger; a failing logger gets a warning, never stops training."""
         try:
-            pictures = writer_for(logger)(logger, log, self.prefix)
+            pictures = writer_for(logger)(logger, log)
         except Exception as err:  # the files are already on disk
             rank_zero_warn(
                 f"ClassSimilarityCallback: logging epoch {log.epoch} to {type(logger).__name__} failed "
@@ -110,8 +120,20 @@ class Dispatch:
                 category=UserWarning,
             )
 
+    def once(self, kind: str, key: str, message: str) -> None:
+        """Warn ``message`` (on rank 0) the first time ``(kind, key)`` comes up."""
+        if self._once(kind, key):
+            rank_zero_warn(f"ClassSimilarityCallback: {message}", category=UserWarning)
+
     def advise(self, log: EpochLog, primary: str) -> None:
         """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
+        if log.write_error:
+            self.once(
+                "write",
+                "",
+                f"could not write the files of epoch {log.epoch} ({log.write_error}); nothing "
+                "partial was left on disk, the loggers still get the epoch, and training goes on. Said once.",
+            )
         for name, k in log.at_max_groups:
             if self._once("max_groups", name):
                 which = "" if name == primary else f", source {name!r}:"
@@ -133,39 +155,39 @@ class Dispatch:
                 )
 
 
-def _scalars_only(logger: Any, log: EpochLog, prefix: str) -> bool:
-    logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+def _scalars_only(logger: Any, log: EpochLog) -> bool:
+    logger.log_metrics(log.tagged_scalars(), log.step)
     return False
 
 
-def _tensorboard(logger: Any, log: EpochLog, prefix: str) -> bool:
+def _tensorboard(logger: Any, log: EpochLog) -> bool:
     writer = logger.experiment
     for panel in log.panels:
         if panel.image is not None:
-            writer.add_image(log.tag(prefix, panel, "heatmap"), panel.image, log.step, dataformats="HWC")
-        writer.add_text(log.tag(prefix, panel, "groups"), panel.markdown, log.step)
+            writer.add_image(log.tag(panel, "heatmap"), panel.image, log.step, dataformats="HWC")
+        writer.add_text(log.tag(panel, "groups"), panel.markdown, log.step)
         if panel.histogram is not None and panel.histogram.size:
-            writer.add_histogram(log.tag(prefix, panel, "similarity"), panel.histogram, log.step)
-    logger.log_metrics(log.prefixed_scalars(prefix), log.step)
+            writer.add_histogram(log.tag(panel, "similarity"), panel.histogram, log.step)
+    logger.log_metrics(log.tagged_scalars(), log.step)
     writer.flush()
     return True
 
 
-def _wandb(logger: Any, log: EpochLog, prefix: str) -> bool:
+def _wandb(logger: Any, log: EpochLog) -> bool:
     import wandb
 
     run = logger.experiment
-    scalars = log.prefixed_scalars(prefix)
+    scalars = log.tagged_scalars()
     data: dict[str, Any] = dict(scalars)
     for panel in log.panels:
         if panel.image is not None:
-            data[log.tag(prefix, panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {log.epoch}")
-        data[log.tag(prefix, panel, "groups")] = wandb.Table(
+            data[log.tag(panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {log.epoch}")
+        data[log.tag(panel, "groups")] = wandb.Table(
             columns=list(panel.table_columns),  # type: ignore[arg-type]
             data=list(panel.table_rows),  # type: ignore[arg-type]
         )
         if panel.histogram is not None and panel.histogram.size:
-            data[log.tag(prefix, panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
+            data[log.tag(panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
     data["trainer/global_step"] = log.step
     run.log(data)
     for key, value in scalars.items():

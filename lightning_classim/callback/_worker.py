@@ -56,6 +56,14 @@ class Worker(Generic[T]):
                 concurrent.futures.wait([future])
             yield future
 
+    def oldest(self) -> concurrent.futures.Future[T] | None:
+        """The oldest job, waited for and handed back (``None`` when there is none)."""
+        if not self._pending:
+            return None
+        future = self._pending.popleft()
+        concurrent.futures.wait([future])
+        return future
+
     def wait_all(self) -> None:
         """Wait until every submitted job has finished (they stay to be handed back)."""
         concurrent.futures.wait(list(self._pending))

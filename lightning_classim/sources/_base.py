@@ -145,7 +145,10 @@ class Source:
         """Check the source against the model, before the first epoch (``ctx.module`` is set). Default: nothing."""
 
     def make_metric(self, ctx: SourceContext) -> Metric | None:
-        """The metric this source streams into (``None`` for a source without one, or one made at the first batch)."""
+        """A new metric this source streams into (``None`` for none, or one made at the first batch).
+
+        Called once per stage and dataloader (validation, test, several dataloaders): each gets its own metric.
+        """
         return None
 
     def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:

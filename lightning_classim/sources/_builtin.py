@@ -269,6 +269,7 @@ class MetricSource(Source):
                 f"'target' and 'features:<module>', but got {inputs!r}."
             )
         self.metric = metric
+        self._given = False
         self.inputs = tuple(inputs)
         self.needs_scores = "scores" in self.inputs
         self.needs_target = "target" in self.inputs
@@ -278,6 +279,10 @@ class MetricSource(Source):
         return tuple(x.partition(":")[2] for x in self.inputs if x.startswith("features:"))
 
     def make_metric(self, ctx: SourceContext) -> Metric:
+        """The metric given, the first time; a fresh copy of it for each further dataloader or stage."""
+        if self._given:
+            return self.metric.clone()
+        self._given = True
         return self.metric
 
     def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:

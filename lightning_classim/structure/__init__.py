@@ -31,7 +31,7 @@ from lightning_classim._stats import adjusted_rand_index
 from lightning_classim.options import StructureOptions
 from lightning_classim.structure._agreement import agreement, check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._analyze import analyze, notes_not_warned
-from lightning_classim.structure._result import FailedGroup, GroupSummary, SplitGroup, StructureResult
+from lightning_classim.structure._result import FailedGroup, GroupSummary, SplitGroup, StructureResult, md_escape
 from lightning_classim.structure._tree import align_order, as_similarity_matrix, check_linkage
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "check_linkage",
     "check_taxonomy",
     "compare_structures",
+    "md_escape",
     "notes_not_warned",
     "taxonomy_agreement",
 ]

@@ -14,7 +14,7 @@ from scipy.cluster.hierarchy import cophenet
 from lightning_classim._validation import check_names, check_order
 from lightning_classim.options import StructureOptions, default_max_groups
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
-from lightning_classim.structure._backend import ops
+from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._failed import failed_groups
 from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
 from lightning_classim.structure._result import FailedGroup, StructureResult, best_k
@@ -237,7 +237,7 @@ def _cophenetic_corr(sim: np.ndarray, dist: Distances, z: np.ndarray, cuts: Cuts
     if cuts.ranges is not None and dist.linear:
         if m >= TREE_COPHENET_MIN:
             cross = tree_cross_sums(sums, cuts.order, cuts.ranges)
-        if cross is None:
+        if cross is None and square_matrix_steps():
             cross = ops().merge_cross_sums(sim, cuts.order, cuts.ranges)
     if cross is not None:
         sizes = child_sizes(z)

@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FailedGroup", "GroupSummary", "SplitGroup", "StructureResult", "best_k"]
+from lightning_classim._validation import check_order
+from lightning_classim.structure._tree import check_linkage
+
+__all__ = ["FailedGroup", "GroupSummary", "SplitGroup", "StructureResult", "best_k", "json_float", "md_escape"]
 
 #: The arrays of a result, with the dtype each is stored in.
 ARRAY_DTYPES: dict[str, Any] = {"similarity": np.float32, "order": np.int64, "linkage": np.float64, "groups": np.int64}
@@ -245,18 +248,30 @@ class StructureResult:
         """Put a result back together from :meth:`arrays`, :meth:`to_dict` and the class names.
 
         Raises:
-            ValueError: if the parts do not agree (shapes, names) or the summary misses a key.
+            ValueError: if the parts do not agree (shapes, names), the order is not a permutation, the linkage not a
+                tree, a group label is out of range, or the summary is not one ``to_dict()`` writes.
         """
         sim = np.asarray(arrays["similarity"])
         m = sim.shape[0] if sim.ndim == 2 else -1
         order, link, groups = (np.asarray(arrays[k]) for k in ("order", "linkage", "groups"))
+        if not isinstance(class_names, (list, tuple)) or not isinstance(summary, Mapping):
+            raise ValueError(
+                f"Expected the class names as a list and the summary as a dict, but got {type(class_names).__name__} "
+                f"and {type(summary).__name__}."
+            )
         if sim.shape != (m, m) or order.shape != (m,) or groups.shape != (m,) or len(class_names) != m:
             raise ValueError(
                 f"Expected the parts of one result, but got similarity {sim.shape}, order {order.shape}, groups "
                 f"{groups.shape} and {len(class_names)} class names."
             )
+        if not np.issubdtype(sim.dtype, np.floating):
+            raise ValueError(f"Expected a similarity matrix of floats, but got dtype {sim.dtype}.")
         if link.shape != (m - 1, 4):
             raise ValueError(f"Expected a linkage matrix of shape ({m - 1}, 4) for {m} classes, but got {link.shape}.")
+        check_order(order, m)
+        check_linkage(link)
+        if not np.issubdtype(groups.dtype, np.integer) or (m and (groups.min() < 0 or groups.max() >= m)):
+            raise ValueError(f"Expected group labels in 0..{m - 1}, but got {groups.min()}..{groups.max()}.")
         try:
             return cls(
                 similarity=sim.astype(np.float32, copy=False),

@@ -16,7 +16,7 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 from lightning_classim._stats import condensed, moments_to_stats
 from lightning_classim._validation import check_order
 from lightning_classim.options import DistanceKind
-from lightning_classim.structure._backend import NN_CHAIN_METHODS, ops
+from lightning_classim.structure._backend import NN_CHAIN_METHODS, ops, square_matrix_steps
 
 __all__ = ["Cuts", "Distances", "align_order", "as_similarity_matrix", "leaf_order"]
 
@@ -128,11 +128,12 @@ class Distances:
     def linkage(self, method: str) -> np.ndarray:
         """The scipy linkage matrix of the distances.
 
-        For the nearest-neighbour chain methods it comes from the backend (the compiled kernel: equal to scipy's,
-        faster, and without holding the GIL), on a square matrix of the distances made straight from the similarity
-        (or a copy of the row distances): the condensed vector is not made at all.
+        For the nearest-neighbour chain methods, when the backend works on square matrices (the compiled kernel:
+        equal to scipy's, faster, and without holding the GIL), on a square matrix of the distances made straight
+        from the similarity (or a copy of the row distances): the condensed vector is not made at all. Else scipy's
+        linkage on the condensed vector.
         """
-        if method not in NN_CHAIN_METHODS:
+        if method not in NN_CHAIN_METHODS or not square_matrix_steps():
             return scipy_linkage(self.condensed, method=method)
         if self.square is not None:
             square = self.square.copy()

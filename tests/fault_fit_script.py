@@ -1,0 +1,51 @@
+"""A real fit in a child process, for the fault-injection tests: ``python fault_fit_script.py MODE OUT``.
+
+* ``kill``: the third epoch's analysis stops half-way through writing its files and waits to be killed (``kill -9``
+  from the test); ``OUT/ready`` says when.
+* ``fsize``: a file-size limit of 100 kB (``RLIMIT_FSIZE``): the epochs' files cannot be written; training goes on.
+"""
+
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_classim import ClassSimilarityCallback, artifacts
+from lightning_classim.demo import DemoClassifier, loaders
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    if mode == "fsize":  # 200 classes: a 160 kB matrix, over the limit
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(2000, 16, generator=g), torch.randint(0, 200, (2000,), generator=g))
+        train = val = DataLoader(data, batch_size=250)
+        names = [f"class{i}" for i in range(200)]
+    else:
+        train, val, names, _ = loaders(n_per_class=20, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
+    if mode == "fsize":
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    if mode == "kill":
+        original = artifacts._atomic_npy
+
+        def stalling(path: Path, arr: np.ndarray) -> None:
+            if path.parent.name.startswith("epoch=0002") and path.name == "order.npy":
+                path.with_name(path.name + ".tmp").write_bytes(b"half")  # as a crash mid-write leaves it
+                (out / "ready").write_text("1")
+                time.sleep(600)
+            original(path, arr)
+
+        artifacts._atomic_npy = stalling
+    pl.seed_everything(0, verbose=False)
+    callback = ClassSimilarityCallback(len(names), class_names=names, save_dir=out / "classim")
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(DemoClassifier(in_dim=16, num_classes=len(names), hidden=16), train, val)
+    print("history", [h["epoch"] for h in callback.history])

@@ -147,6 +147,8 @@ class Block(NamedTuple):
     shift: Tensor  # (m,) K
     scale: Tensor  # (m,) c, powers of two
     n: Tensor  # () number of rows in the block (float64)
+    inverse: Tensor  # (m,) 1 / c
+    offset: Tensor  # (m,) -K / c: z = x / c - K / c, exactly (c is a power of two)
 
 
 def block_start(x: Tensor, mask: Tensor | None, reuse: Block | None = None) -> Block:
@@ -168,11 +170,13 @@ def block_start(x: Tensor, mask: Tensor | None, reuse: Block | None = None) -> B
         usable = torch.isfinite(spread) & (spread > 0)
         scale = torch.where(usable, torch.exp2(torch.floor(torch.log2(torch.where(usable, spread, 1)))), 1)
         n = torch.zeros((), dtype=torch.float64, device=x.device)
+        inverse = scale.reciprocal()
+        offset = shift * -inverse
         if reuse is not None and reuse.s2.dtype == x.dtype and reuse.s2.device == x.device:
-            return Block(reuse.s1.zero_(), reuse.s2, shift.clone(), scale.clone(), n)
+            return Block(reuse.s1.zero_(), reuse.s2, shift.clone(), scale.clone(), n, inverse, offset)
         s1 = torch.zeros(m, dtype=x.dtype, device=x.device)
         s2 = torch.empty(m, m, dtype=x.dtype, device=x.device)
-        return Block(s1, s2, shift.clone(), scale.clone(), n)
+        return Block(s1, s2, shift.clone(), scale.clone(), n, inverse, offset)
 
 
 def update_block(x: Tensor, block: Block | None, mask: Tensor | None, fresh: bool) -> tuple[Block, Tensor, Tensor]:
@@ -195,7 +199,7 @@ def update_block(x: Tensor, block: Block | None, mask: Tensor | None, fresh: boo
         block.n.add_(mask.sum())
     else:
         block.n.add_(x.shape[0])
-    z = (x - block.shift) / block.scale
+    z = torch.addcmul(block.offset, x, block.inverse)  # (x - K) / c, in one fused pass
     block.s2.addmm_(z.T, z, beta=0.0 if fresh else 1.0)
     block.s1.add_(z.sum(dim=0))
     vmin, vmax = torch.aminmax(x, dim=0)

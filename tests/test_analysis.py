@@ -17,6 +17,7 @@ from lightning_classim import (
     align_order,
     analyze,
     compare_structures,
+    render_heatmap,
     taxonomy_agreement,
 )
 from lightning_classim.options import default_max_groups
@@ -868,3 +869,36 @@ def test_fuzzy_rows_of_a_graph_whose_sketch_vanishes():
         warnings.simplefilter("error")  # the median of an empty spectrum would warn
         rows = _fuzzy_rows(csr_matrix((_SKETCH_DIM + 12, _SKETCH_DIM + 12)), seed=0)
     assert rows.shape == (_SKETCH_DIM + 12, 0)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: analyze(np.eye(4) + 3.0), ValueError, r"similarities in \[-1, 1\] .* but it holds 3\. Rescale"),
+        (lambda: analyze(np.full((4, 4), -3.0)), ValueError, r"in \[-1, 1\] .* but it holds -3\. Rescale"),
+        (lambda: analyze(np.eye(4), distance_threshold=float("nan")), ValueError, r"`distance_threshold` to be a fin"),
+        (lambda: analyze(np.eye(4), distance_threshold="x"), ValueError, r"`distance_threshold` to be a finite num"),
+        (
+            lambda: analyze(np.eye(4), split_ratio=-1),
+            ValueError,
+            r"`split_ratio` to be a number in \(0, 1\], but got -1",
+        ),
+        (lambda: analyze(np.eye(4), seed="x"), ValueError, r"`seed` to be an int of at least 0, but got 'x'\. Pass an"),
+        (lambda: analyze(np.eye(4), clip_negative="yes"), ValueError, r"`clip_negative` to be True or False, but got"),
+        (lambda: analyze([["a", "b"], ["c", "d"]]), ValueError, r"`similarity` to be a square \(m, m\) matrix of numb"),
+        (lambda: render_heatmap(np.eye(4), min_pixels=10**6), ValueError, r"`min_pixels` to be an int in 1\.\.8192"),
+        (
+            lambda: render_heatmap(np.eye(4), vmin=float("nan")),
+            ValueError,
+            r"`vmin` to be a finite number, but got nan",
+        ),
+    ],
+)
+def test_hostile_inputs_get_clear_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_a_matrix_just_inside_the_range_is_accepted():
+    sim = np.array([[1.0, 1.0 + 1e-7], [1.0 + 1e-7, 1.0]])  # rounding above 1 (float32 correlations) is fine
+    assert analyze(sim, n_groups=1).n_groups == 1

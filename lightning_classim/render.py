@@ -19,6 +19,7 @@ from lightning_classim._validation import check_finite_number, check_int, check_
 __all__ = [
     "HeatmapOptions",
     "check_cmap",
+    "colormap_lut",
     "grid_image",
     "plot_dendrogram",
     "plot_matrix",
@@ -65,11 +66,13 @@ class HeatmapOptions:
     """How the callback draws its heatmaps.
 
     Args:
-        max_pixels: largest side of the image; larger matrices are block-averaged (16..8192).
+        max_pixels: largest side of the heatmap; larger matrices are block-averaged (16..8192).
         cmap: matplotlib colormap of correlations (rates and IoU use magma).
+        max_names: up to this many classes, every class name is written along both axes; above it, each group's
+            number and first names (0: no names at all).
 
     Raises:
-        ValueError: for a side outside 16..8192 or an unknown colormap.
+        ValueError: for a side outside 16..8192, an unknown colormap or a negative ``max_names``.
 
     Example:
         >>> HeatmapOptions(max_pixels=512).cmap
@@ -78,10 +81,12 @@ class HeatmapOptions:
 
     max_pixels: int = 1024
     cmap: str = "RdBu_r"
+    max_names: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_pixels", _check_pixels(self.max_pixels, 1)[0])
         check_cmap(self.cmap)
+        object.__setattr__(self, "max_names", check_int("max_names", self.max_names, 0))
 
 
 def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
@@ -93,6 +98,11 @@ def _as_square(matrix: Any, name: str = "matrix") -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 1:
         raise ValueError(f"Expected argument `{name}` to be a square (m, m) matrix, but got shape {arr.shape}.")
     return arr
+
+
+def colormap_lut(cmap: str) -> np.ndarray:
+    """The 256 RGB ``uint8`` colours of a matplotlib colormap, from its first to its last."""
+    return _lut(cmap)
 
 
 def _lut(cmap: str) -> np.ndarray:

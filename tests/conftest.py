@@ -37,3 +37,14 @@ def planted_hierarchy(
     f_sub = rng.standard_normal((n, top * sub))
     scores = 2.0 * f_top[:, top_lab] + 1.2 * f_sub[:, sub_lab] + 0.8 * rng.standard_normal((n, m))
     return scores, top_lab, sub_lab
+
+
+def assert_heatmap_inside(image: np.ndarray, box, matrix, order=None, groups=None, **kwargs) -> None:
+    """The labelled picture ``image`` holds, at ``box``, exactly ``render_heatmap``'s image of the matrix."""
+    from lightning_classim import render_heatmap
+
+    left, top, right, bottom = (int(v) for v in box)
+    crop = np.asarray(image)[top:bottom, left:right, :3]
+    side = crop.shape[0]
+    expected = render_heatmap(matrix, order, groups, max_pixels=side, min_pixels=side, **kwargs)
+    np.testing.assert_array_equal(crop, expected)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_classim._lightning import CallbackBase
 from lightning_classim._streaming import NanStrategy, ScoresType, check_args
 from lightning_classim._validation import check_bool, check_int, check_names, check_order
 from lightning_classim.artifacts import clean_stale, write_run_info
@@ -28,6 +28,7 @@ from lightning_classim.callback._capture import Capture
 from lightning_classim.callback._epoch import analyse_epoch, write_epoch
 from lightning_classim.callback._loggers import Dispatch, EpochLog
 from lightning_classim.callback._state import results_from_state, results_to_state
+from lightning_classim.callback._trackers import register_built_in
 from lightning_classim.callback._worker import Worker
 from lightning_classim.options import StructureOptions
 from lightning_classim.render import HeatmapOptions
@@ -37,7 +38,7 @@ from lightning_classim.structure import StructureResult, check_taxonomy
 __all__ = ["ClassSimilarityCallback"]
 
 
-class ClassSimilarityCallback(Callback):
+class ClassSimilarityCallback(CallbackBase):
     """Log the class-similarity structure of a classifier every validation epoch.
 
     Captures the scores of every validation batch with no change to the model, streams them into a
@@ -136,6 +137,7 @@ class ClassSimilarityCallback(Callback):
         self.taxonomy = taxonomy
         self.reference = reference
         self._reference: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._reference_result: StructureResult | None = None
         if reference is not None and not isinstance(reference, (str, Path)):
             self._reference = (check_order(reference, num_classes, "reference"), None)
         self.save_dir = Path(save_dir) if save_dir is not None else None
@@ -210,8 +212,9 @@ class ClassSimilarityCallback(Callback):
                         f"Two ClassSimilarityCallback instances would write into one folder, {self.save_dir}: give "
                         "them different `tag_prefix` (e.g. 'classim' and 'classim_ranks') or `save_dir`."
                     )
-        if isinstance(self.reference, (str, Path)) and self._reference is None:
-            self._reference = self._load_reference(self.reference)
+        if isinstance(self.reference, (str, Path)) and self._reference_result is None:
+            self._reference_result = self._load_reference(self.reference)
+            self._reference = (self._reference_result.order.astype(np.intp), self._reference_result.groups)
         if not self._capture.attached:
             ctx = self._context(pl_module)
             for src in self.sources:
@@ -222,6 +225,7 @@ class ClassSimilarityCallback(Callback):
                     layers[name] = find_submodule(pl_module, name, f"sources ({src.name!r})")
             module = self._capture.module
             self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers)
+        register_built_in()
         if trainer.is_global_zero:
             removed = clean_stale(self.save_dir)
             if removed:
@@ -231,6 +235,8 @@ class ClassSimilarityCallback(Callback):
                     f"removed {len(removed)} leftovers of an "
                     f"interrupted run in {self.save_dir} (unfinished files and epoch folders).",
                 )
+            for logger in trainer.loggers:  # so that a tracker's runs can be filtered by them
+                self._dispatch.params(logger, self._run_params())
             try:
                 self._write_run_info()
             except OSError as err:
@@ -238,7 +244,7 @@ class ClassSimilarityCallback(Callback):
                     "write", "", f"could not write {self.save_dir / 'run.json'} ({err}); training goes on."
                 )
 
-    def _load_reference(self, folder: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load_reference(self, folder: str | Path) -> StructureResult:
         from lightning_classim.runs import RunError, load_run
 
         try:
@@ -250,7 +256,14 @@ class ClassSimilarityCallback(Callback):
                 f"Expected argument `reference` to be a run over {self.num_classes} classes, but {folder} has "
                 f"{ref.num_classes}."
             )
-        return ref.order.astype(np.intp), ref.groups
+        return ref
+
+    def _run_params(self) -> dict[str, Any]:
+        """What the trackers get as run parameters: ``classim/num_classes``, ``classim/scores``, ..."""
+        options = self.sources[0].options or self.options
+        params = {"num_classes": self.num_classes, "scores": self.scores, "multilabel": self.multilabel,
+                  "method": options.method, "sources": ",".join(src.name for src in self.sources)}  # fmt: skip
+        return {f"{self.tag_prefix}/{k}": v for k, v in params.items()}
 
     def _write_run_info(self) -> None:
         assert self.save_dir is not None
@@ -421,20 +434,22 @@ class ClassSimilarityCallback(Callback):
         """Analyse, render and write one epoch of a stream, every source (worker thread). Returns what to log."""
         start = time.perf_counter()
         assert self.save_dir is not None
+        prefix = stream.prefix(self.tag_prefix)
         analysis = analyse_epoch(
             matrices, self.sources, options=self.options, class_names=self.class_names, taxonomy=self.taxonomy,
-            previous=dict(stream.previous), reference=self._reference, heatmap=self.heatmap, undefined=undefined,
+            previous=dict(stream.previous), reference=self._reference, reference_result=self._reference_result,
+            heatmap=self.heatmap, undefined=undefined, title=f"{prefix}{stream.suffix}, epoch {epoch}",
         )  # fmt: skip
         stream.previous = dict(analysis.results)  # one assignment: readers see the old or the new dict
-        error = ""
+        error, folders = "", []
         try:
-            write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined)
+            folders = write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined)
         except OSError as err:  # a full disk: nothing partial stays, the loggers still get the epoch
             error = f"{type(err).__name__}: {err}"
         self.analysis_s.append(time.perf_counter() - start)
         return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes,
-                        prefix=stream.prefix(self.tag_prefix), suffix=stream.suffix, write_error=error,
-                        stage=stream.stage, dataloader_idx=stream.index)  # fmt: skip
+                        prefix=prefix, suffix=stream.suffix, write_error=error, stage=stream.stage,
+                        dataloader_idx=stream.index, folders=folders)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ logging
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from lightning_classim.artifacts import write_snapshot
 from lightning_classim.options import StructureOptions
-from lightning_classim.render import HeatmapOptions, render_heatmap
+from lightning_classim.picture import Picture, labelled_heatmap
+from lightning_classim.render import HeatmapOptions
 from lightning_classim.sources import Source
 from lightning_classim.structure import StructureResult, agreement, analyze, notes_not_warned
 
@@ -44,11 +45,12 @@ class EpochAnalysis:
 
     Attributes:
         results: each source's analysis, by source name (in the order of the sources).
-        images: each source's heatmap, by source name.
+        images: each source's picture (the heatmap with names, colour bar and title), by source name.
         panels: what the loggers show of each source (pictures, group tables, histograms).
         scalars: the scalars to log, without the callback's tag prefix (``n_groups``, ``features_layer4/n_groups``,
             ``agreement/features_layer4/group_ari``, ...).
         notes: ``(source, note)`` of what an analysis could not do as asked.
+        pictures: each source's :class:`~lightning_classim.picture.Picture` (the image, and where its heatmap is).
         at_max_groups: ``(source, k)`` of the analyses whose automatic choice picked the most groups it tried.
     """
 
@@ -56,6 +58,7 @@ class EpochAnalysis:
     images: dict[str, np.ndarray]
     panels: list[Panel]
     scalars: dict[str, float]
+    pictures: dict[str, Picture] = field(default_factory=dict)
     notes: list[tuple[str, str]] = field(default_factory=list)
     at_max_groups: list[tuple[str, int]] = field(default_factory=list)
 
@@ -69,8 +72,10 @@ def analyse_epoch(
     taxonomy: Any = None,
     previous: Mapping[str, StructureResult] | None = None,
     reference: tuple[np.ndarray, np.ndarray | None] | None = None,
+    reference_result: StructureResult | None = None,
     heatmap: HeatmapOptions | None = None,
     undefined: Mapping[str, Sequence[int]] | None = None,
+    title: str = "",
 ) -> EpochAnalysis:
     """Analyse and render one epoch of every source; the first source is the primary one.
 
@@ -83,8 +88,11 @@ def analyse_epoch(
         previous: each source's analysis of the previous epoch (adds ``drift``, ``group_ari``, ``order_distance``).
         reference: an order, and the groups to outline (or ``None``), to draw every heatmap in, in place of the
             primary source's.
-        heatmap: the heatmap's size and colormap.
+        reference_result: a reference run's analysis: adds ``reference/matrix_corr``, ``reference/group_ari`` and
+            ``reference/cophenetic_corr`` (the primary source against it).
+        heatmap: the heatmap's size, colormap and how many class names it writes along its axes.
         undefined: each source's classes whose similarity was undefined (e.g. a constant score).
+        title: the pictures' title, e.g. ``"classim, epoch 3"`` (each source's name and the counts are added).
 
     Returns:
         An :class:`EpochAnalysis`.
@@ -109,14 +117,20 @@ def analyse_epoch(
             order, groups = (result.order, result.groups) if reference is None else reference
         values = offdiag_sample(result.similarity)
         vmin, vmax, cmap = src.colour_scale(values, heatmap.cmap)
-        image = render_heatmap(result.similarity, order, groups, max_pixels=heatmap.max_pixels, cmap=cmap, vmin=vmin,
-                               vmax=vmax)  # fmt: skip
-        out.images[src.name] = image
+        name = "" if src is primary else f" {src.name}"
+        line = f"{title}{name}: {result.num_classes} classes, {result.n_groups} groups".lstrip(": ")
+        picture = labelled_heatmap(result.similarity, order, groups, class_names=result.class_names, title=line,
+                                   max_pixels=heatmap.max_pixels, cmap=cmap, vmin=vmin, vmax=vmax,
+                                   max_names=heatmap.max_names)  # fmt: skip
+        out.pictures[src.name] = picture
+        image = out.images[src.name] = picture.image
         prefix = "" if src is primary else f"{src.tag}/"
         out.scalars.update({prefix + k: float(v) for k, v in result.metrics.items() if np.isfinite(v)})
         if src is not primary:
             both = agreement(results[primary.name], result, trees=False)
             out.scalars.update({f"agreement/{src.tag}/{k}": v for k, v in both.items()})
+        elif reference_result is not None:
+            out.scalars.update({f"reference/{k}": v for k, v in agreement(result, reference_result).items()})
         out.panels.append(_panel("" if src is primary else src.tag, result, image, values))
     out.scalars["constant_classes"] = float(len(undefined.get(primary.name, ())))
     if taxonomy is not None and len(sources) > 1:
@@ -140,7 +154,9 @@ def write_epoch(
     folders = []
     for src in sources:
         folder = save_dir if src is sources[0] else save_dir / "sources" / src.tag
-        extra = {"source": src.name, "constant_classes": [int(i) for i in undefined.get(src.name, ())]}
+        extra: dict[str, Any] = {"source": src.name, "constant_classes": [int(i) for i in undefined.get(src.name, ())]}
+        if src.name in analysis.pictures:  # where the heatmap sits in heatmap.png (left, top, right, bottom)
+            extra["heatmap_box"] = list(analysis.pictures[src.name].box)
         folders.append(
             write_snapshot(folder, epoch, step, analysis.results[src.name], analysis.images[src.name], extra)
         )

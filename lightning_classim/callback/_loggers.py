@@ -16,7 +16,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from lightning_classim.callback._epoch import Panel
 
-__all__ = ["Dispatch", "EpochLog", "LoggerWriter", "register_logger", "writer_for"]
+__all__ = ["Dispatch", "EpochLog", "LoggerWriter", "register_logger", "scalars_only", "writer_for"]
 
 
 @dataclass
@@ -42,6 +42,8 @@ class EpochLog:
     #: ``"validate"`` or ``"test"``
     stage: str = "validate"
     dataloader_idx: int = 0
+    #: the epoch's snapshot folders on disk (empty when they could not be written)
+    folders: list[Path] = field(default_factory=list)
 
     def tag(self, panel: Panel, name: str) -> str:
         """The tag of one of a panel's items: ``classim/heatmap`` or ``classim/features_layer4/heatmap``."""
@@ -57,11 +59,12 @@ class EpochLog:
 LoggerWriter = Callable[[Any, EpochLog], bool]
 
 _WRITERS: dict[type, LoggerWriter] = {}
-_BUILT_IN_DONE = False
 
 
-def register_logger(logger_class: type, writer: LoggerWriter) -> None:
+def register_logger(logger_class: type, writer: LoggerWriter, replace: bool = True) -> None:
     """Use ``writer`` for loggers of ``logger_class`` (and its subclasses without a writer of their own).
+
+    With ``replace=False``, a writer already registered for the class stays.
 
     Example:
         >>> from lightning_classim.callback import register_logger
@@ -77,16 +80,16 @@ def register_logger(logger_class: type, writer: LoggerWriter) -> None:
             f"Expected a logger class and a writer function, but got {logger_class!r} and {writer!r}. Example: "
             "register_logger(MyLogger, write) with write(logger, log) -> bool."
         )
-    _WRITERS[logger_class] = writer
+    if replace or logger_class not in _WRITERS:
+        _WRITERS[logger_class] = writer
 
 
 def writer_for(logger: Any) -> LoggerWriter:
     """The writer of a logger: the one registered for its class or the nearest base class, else scalars only."""
-    _register_built_in()
     for cls in type(logger).__mro__:
         if cls in _WRITERS:
             return _WRITERS[cls]
-    return _scalars_only
+    return scalars_only
 
 
 class Dispatch:
@@ -125,6 +128,14 @@ class Dispatch:
         if self._once(kind, key):
             rank_zero_warn(f"ClassSimilarityCallback: {message}", category=UserWarning)
 
+    def params(self, logger: Any, params: dict[str, Any]) -> None:
+        """Give a logger the run parameters (``log_hyperparams``); a failure is a warning, once per logger."""
+        try:
+            logger.log_hyperparams(params)
+        except Exception as err:
+            self.once("params", type(logger).__name__, f"could not log the run parameters to {type(logger).__name__} "
+                      f"({type(err).__name__}: {err}); training goes on.")  # fmt: skip
+
     def advise(self, log: EpochLog, primary: str) -> None:
         """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
         if log.write_error:
@@ -155,53 +166,7 @@ class Dispatch:
                 )
 
 
-def _scalars_only(logger: Any, log: EpochLog) -> bool:
+def scalars_only(logger: Any, log: EpochLog) -> bool:
+    """The writer of a logger without one of its own: the scalars, through ``log_metrics``."""
     logger.log_metrics(log.tagged_scalars(), log.step)
     return False
-
-
-def _tensorboard(logger: Any, log: EpochLog) -> bool:
-    writer = logger.experiment
-    for panel in log.panels:
-        if panel.image is not None:
-            writer.add_image(log.tag(panel, "heatmap"), panel.image, log.step, dataformats="HWC")
-        writer.add_text(log.tag(panel, "groups"), panel.markdown, log.step)
-        if panel.histogram is not None and panel.histogram.size:
-            writer.add_histogram(log.tag(panel, "similarity"), panel.histogram, log.step)
-    logger.log_metrics(log.tagged_scalars(), log.step)
-    writer.flush()
-    return True
-
-
-def _wandb(logger: Any, log: EpochLog) -> bool:
-    import wandb
-
-    run = logger.experiment
-    scalars = log.tagged_scalars()
-    data: dict[str, Any] = dict(scalars)
-    for panel in log.panels:
-        if panel.image is not None:
-            data[log.tag(panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {log.epoch}")
-        data[log.tag(panel, "groups")] = wandb.Table(
-            columns=list(panel.table_columns),  # type: ignore[arg-type]
-            data=list(panel.table_rows),  # type: ignore[arg-type]
-        )
-        if panel.histogram is not None and panel.histogram.size:
-            data[log.tag(panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
-    data["trainer/global_step"] = log.step
-    run.log(data)
-    for key, value in scalars.items():
-        run.summary[key] = value
-    return True
-
-
-def _register_built_in() -> None:
-    """Register the writers of the loggers that import (once)."""
-    global _BUILT_IN_DONE
-    if _BUILT_IN_DONE:
-        return
-    _BUILT_IN_DONE = True
-    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-
-    _WRITERS.setdefault(TensorBoardLogger, _tensorboard)
-    _WRITERS.setdefault(WandbLogger, _wandb)

@@ -50,6 +50,20 @@ def _text_width(font: Any, text: str) -> int:
     return int(np.ceil(font.getlength(text)))
 
 
+def _fit(font: Any, text: str, width: int) -> str:
+    """``text``, or its longest prefix with an ellipsis that fits in ``width`` pixels (a binary search)."""
+    if _text_width(font, text) <= width:
+        return text
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _text_width(font, text[:mid] + "\u2026") <= width:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + "\u2026"
+
+
 def _spans(seq: np.ndarray) -> list[tuple[int, int, int]]:
     """``(label, start, end)`` of the runs of equal labels along the order."""
     cuts = np.concatenate([[0], np.nonzero(seq[1:] != seq[:-1])[0] + 1, [seq.shape[0]]])
@@ -106,8 +120,8 @@ def labelled_heatmap(
     idx = np.arange(m) if order is None else np.asarray(order, dtype=np.intp)
     labels = None if groups is None else np.asarray(groups)
     with_names = m <= max_names
-    side = min(max_pixels, max(384, _NAME_ROW * m)) if with_names else max_pixels
-    heat = render_heatmap(matrix, order, groups, max_pixels=max(side, 16), min_pixels=side, cmap=cmap, vmin=vmin,
+    side = min(max_pixels, max(384, _NAME_ROW * m)) if with_names else 384  # names need about 10 pixels a class
+    heat = render_heatmap(matrix, order, groups, max_pixels=max_pixels, min_pixels=side, cmap=cmap, vmin=vmin,
                           vmax=vmax)  # fmt: skip
     h = heat.shape[0]
     cell = h / m
@@ -146,11 +160,7 @@ def labelled_heatmap(
             y0, y1 = a * cell, b * cell
             if y1 - y0 >= 11:
                 members = ", ".join(_short(names[i], 18) for i in idx[a:b][:6])
-                text = f"{label} ({b - a}): {members}"
-                if _text_width(small, text) > margin - _PAD:
-                    while _text_width(small, text + "\u2026") > margin - _PAD and len(text) > 4:
-                        text = text[:-1]
-                    text += "\u2026"
+                text = _fit(small, f"{label} ({b - a}): {members}", margin - _PAD)
                 draw.text((left - _PAD // 2, top + (y0 + y1) / 2), text, fill="black", font=small, anchor="rm")
             if y1 - y0 >= 14:
                 draw.text((left + (y0 + y1) / 2, top - 2), str(label), fill="black", font=small, anchor="mb")

@@ -168,3 +168,46 @@ def test_render_errors(kwargs, pattern):
 def test_plot_matrix_wrong_names():
     with pytest.raises(ValueError, match=r"`class_names` to name all 3 classes, but got 2 names"):
         plot_matrix(np.eye(3), class_names=["a", "b"])
+
+
+def test_labelled_picture_holds_the_heatmap_names_a_colour_bar_and_a_title():
+    from conftest import assert_heatmap_inside
+
+    from lightning_classim.picture import labelled_heatmap
+    from lightning_classim.render import colormap_lut
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.standard_normal((800, 4)), 3, axis=1) + rng.standard_normal((800, 12))
+    sim = np.corrcoef(x, rowvar=False)
+    res = analyze(sim, class_names=[f"class {i}" for i in range(12)])
+    plain = labelled_heatmap(sim, res.order, res.groups, class_names=res.class_names)
+    pic = labelled_heatmap(sim, res.order, res.groups, class_names=res.class_names, title="classim, epoch 3")
+    left, top, right, bottom = pic.box
+    assert_heatmap_inside(pic.image, pic.box, sim, res.order, res.groups)
+    assert right - left == 384 // 12 * 12  # at least 10 pixels a class, for the names
+    dark = pic.image.min(axis=2) < 100
+    assert dark[top:bottom, : left - 2].sum() > 200  # names along the side
+    assert dark[: top - 2, left:right].sum() > 200  # and along the top
+    assert dark[:top, :].sum() > plain.image.shape[0] and plain.box[1] < top  # the title line
+    # the colour bar: the colormap from its last colour (top) to its first (bottom), then its range written
+    bar = pic.image[top:bottom, right + 12]
+    lut = colormap_lut("RdBu_r")
+    assert np.abs(bar[0].astype(int) - lut[-1]).max() <= 1 and np.abs(bar[-1].astype(int) - lut[0]).max() <= 1
+    assert dark[top:bottom, right + 30 :].any()
+
+
+def test_labelled_picture_of_many_classes_names_the_groups():
+    from lightning_classim.picture import labelled_heatmap
+
+    rng = np.random.default_rng(1)
+    x = np.repeat(rng.standard_normal((600, 5)), 40, axis=1) + 2 * rng.standard_normal((600, 200))
+    sim = np.corrcoef(x, rowvar=False)
+    res = analyze(sim, n_groups=5)
+    pic = labelled_heatmap(sim, res.order, res.groups, title="t")
+    left, top, right, bottom = pic.box
+    assert right - left == 200 * (384 // 200)  # no names: the heatmap keeps its usual size
+    dark = pic.image.min(axis=2) < 100
+    rows = np.nonzero(dark[top:bottom, : left - 2].any(axis=1))[0]
+    assert rows.size and np.diff(rows).max() > 20  # one label per group, not one per class
+    with pytest.raises(ValueError, match=r"`class_names` to name all 200 classes, but got 3 names"):
+        labelled_heatmap(sim, class_names=["a", "b", "c"])

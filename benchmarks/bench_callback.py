@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/classim_bench_callback")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     m = args.classes
     model = Net(m)
     model.eval()

@@ -129,7 +129,7 @@ def run_demo(out_dir: str | Path = "classim_demo", epochs: int = 12, seed: int =
 
     from lightning_classim.callback import ClassSimilarityCallback
 
-    pl.seed_everything(seed, verbose=False)
+    pl.seed_everything(seed)
     train, val, names, parents = loaders(n_per_class=700, seed=seed, noise=3.0, dim=128)
     model = DemoClassifier(in_dim=128, num_classes=len(names), hidden=512, lr=1e-3)
     logger = TensorBoardLogger(str(out_dir), name="demo")

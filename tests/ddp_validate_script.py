@@ -59,7 +59,7 @@ if __name__ == "__main__":
     sources = [CUSTOM[s]() if s in CUSTOM else s for s in (sys.argv[3].split(",") if len(sys.argv) > 3 else ["scores"])]
     sampler = sys.argv[4] if len(sys.argv) > 4 else None
     torch.set_num_threads(1)
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     # 12 classes x 60 samples -> 144 validation samples: divisible by 2, so the distributed sampler pads nothing
     _, val, names, _ = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
     net = DemoClassifier(in_dim=16, num_classes=12, hidden=32)
@@ -69,7 +69,7 @@ if __name__ == "__main__":
         if sampler == "padding":
             loader = DataLoader(subset, batch_size=8)
         else:
-            pl.seed_everything(0, verbose=False)
+            pl.seed_everything(0)
             net = WithLoader(subset, sampler)
             loader = None
         if os.environ.get("LOCAL_RANK", "0") == "0":  # the launcher re-runs this script for the other ranks

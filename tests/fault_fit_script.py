@@ -43,7 +43,7 @@ if __name__ == "__main__":
             original(path, arr)
 
         artifacts._atomic_npy = stalling
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     callback = ClassSimilarityCallback(len(names), class_names=names, save_dir=out / "classim")
     trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip

@@ -50,7 +50,7 @@ def trainer(tmp_path: Path, callbacks: list, logger: Any = None, epochs: int = 2
 
 
 def model() -> DemoClassifier:
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     return DemoClassifier(in_dim=16, num_classes=M, hidden=32)
 
 
@@ -164,7 +164,7 @@ def test_validate_alone_and_module_hook(tmp_path):
             x, y = batch
             return {"loss": torch.nn.functional.cross_entropy(self(x), y)}
 
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     net = LossOnly(in_dim=16, num_classes=M, hidden=32)
     cb = ClassSimilarityCallback(M, module="fc", save_dir=tmp_path / "out", async_analysis=False)
     trainer(tmp_path, [cb], logger=False).validate(net, val, verbose=False)
@@ -182,7 +182,7 @@ def test_dict_output_key_every_n_epochs_and_two_instances(tmp_path):
         def validation_step(self, batch, batch_idx):
             return {"scores": self(batch[0])}
 
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     net = DictOut(in_dim=16, num_classes=M, hidden=32)
     a = ClassSimilarityCallback(M, output_key="scores", every_n_epochs=2)
     b = ClassSimilarityCallback(M, output_key="scores", scores="ranks", tag_prefix="classim_ranks")
@@ -540,7 +540,7 @@ def test_pending_analysis_is_finished_when_training_crashes(tmp_path):
                 raise RuntimeError("boom")
             return super().training_step(batch, batch_idx)
 
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     tb = TensorBoardLogger(str(tmp_path), name="tb")
     cb = ClassSimilarityCallback(M, save_dir=tmp_path / "out")
     with pytest.raises(RuntimeError, match="boom"):

@@ -42,7 +42,7 @@ class Classifier(DemoClassifier):
 
 
 def model(seed: int = 0) -> DemoClassifier:
-    pl.seed_everything(seed, verbose=False)
+    pl.seed_everything(seed)
     return Classifier(in_dim=16, num_classes=M, hidden=16)
 
 

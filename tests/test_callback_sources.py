@@ -40,7 +40,7 @@ def fit(tmp_path, callback, net=None, train=None, val=None, epochs=2, logger=Non
     if train is None:
         train, val, _, _ = loaders(n_per_class=60, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
     if net is None:
-        pl.seed_everything(0, verbose=False)
+        pl.seed_everything(0)
         net = DemoClassifier(in_dim=16, num_classes=M, hidden=32)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=logger if logger is not None else False, callbacks=[callback],

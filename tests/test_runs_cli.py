@@ -25,7 +25,7 @@ M = 12
 
 
 def train_run(root: Path, seed: int, hidden: int = 32, classes: tuple[int, int] = (3, 4), epochs: int = 3, **cb):
-    pl.seed_everything(seed, verbose=False)
+    pl.seed_everything(seed)
     train, val, names, _ = loaders(
         n_per_class=60, seed=0, batch_size=64, superclasses=classes[0], subclasses=classes[1], dim=16
     )

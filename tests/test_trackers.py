@@ -157,12 +157,18 @@ def test_mlflow_images_with_steps_tables_params_and_files(tmp_path):
 
 
 class OfflineComet:
-    """Lightning's ``CometLogger(online=False)`` disables the experiment (Lightning #21617): this test gives it a
-    real offline experiment, as the upstream fix (#21619) does."""
+    """A CometLogger that writes Comet's offline archive. Lightning 2.5-2.6's ``CometLogger(online=False)`` disables
+    the experiment (Lightning #21617): the logger is given a real offline experiment, as the upstream fix (#21619)
+    does. Lightning before 2.5 writes the archive with ``save_dir``."""
 
     @staticmethod
     def make(folder: Path):
+        import inspect
+
         import comet_ml
+
+        if "online" not in inspect.signature(L.loggers.CometLogger.__init__).parameters:  # Lightning < 2.5
+            return L.loggers.CometLogger(save_dir=str(folder), project_name="classim-test")
 
         class Logger(L.loggers.CometLogger):
             def _create_experiment(self) -> None:
@@ -177,9 +183,10 @@ def test_comet_offline_archive_holds_images_tables_and_text(tmp_path):
     logger = OfflineComet.make(tmp_path / "comet")
     fit(L, tmp_path, logger)
     logger.experiment.end()
-    (archive,) = (tmp_path / "comet").glob("*.zip")
-    with zipfile.ZipFile(archive) as zf:
-        messages = [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
+    messages = []
+    for archive in (tmp_path / "comet").glob("*.zip"):  # one; Lightning before 2.5 may leave an empty second one
+        with zipfile.ZipFile(archive) as zf:
+            messages += [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
     uploads = [m["payload"].get("additional_params") or {} for m in messages if m["type"] == "file_upload"]
     assert [u["step"] for u in uploads if u.get("figName") == "classim/heatmap"] == [6, 12]
     assert [u["fileName"] for u in uploads if u.get("extension") == "csv"] == [

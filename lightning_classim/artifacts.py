@@ -38,7 +38,18 @@ FORMAT_VERSION = 1
 _SNAPSHOT = re.compile(r"^epoch=(\d+)-step=(\d+)(?:-v(\d+))?$")
 #: The keys of ``summary.json`` that :meth:`StructureResult.to_dict` writes.
 _RESULT_KEYS = frozenset(
-    ("num_classes", "n_groups", "metrics", "groups", "split_groups", "failed_groups", "silhouettes", "notes")
+    (
+        "num_classes",
+        "n_groups",
+        "metrics",
+        "groups",
+        "split_groups",
+        "failed_groups",
+        "silhouettes",
+        "notes",
+        "levels",
+        "pairs",
+    )
 )
 _ARRAYS = ("similarity", "order", "linkage", "groups")
 

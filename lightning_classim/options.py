@@ -1,10 +1,10 @@
 """The options of the structure analysis: one frozen, validated object shared by ``analyze``, the callback and sources.
 
 :class:`StructureOptions` holds how the tree is built (``method``, ``distance``, ``clip_negative``,
-``optimal_ordering``), how it is cut into flat groups (``n_groups``, ``distance_threshold``, ``max_groups``), and how
-split and failed groups are searched (``split_ratio``, ``find_failed``, ``failed_ratio``, ``failed_membership``,
-``seed``). It is checked once, when it is made; ``n_groups`` is checked against the number of classes when the
-analysis runs (:meth:`StructureOptions.check_for`).
+``optimal_ordering``), how it is cut into flat groups (``n_groups``, ``distance_threshold``, ``max_groups``,
+``primary``), and how split and failed groups are searched (``split_ratio``, ``find_failed``, ``failed_ratio``,
+``failed_membership``, ``seed``). It is checked once, when it is made; ``n_groups`` is checked against the number
+of classes when the analysis runs (:meth:`StructureOptions.check_for`).
 
 In LightningCLI YAML it is a nested block of the callback (or of a source)::
 
@@ -33,10 +33,11 @@ from lightning_classim._validation import (
     check_int,
 )
 
-__all__ = ["DistanceKind", "LinkageMethod", "StructureOptions", "default_max_groups"]
+__all__ = ["DistanceKind", "LinkageMethod", "PrimaryChoice", "StructureOptions", "default_max_groups"]
 
 LinkageMethod = Literal["single", "complete", "average", "weighted", "ward", "centroid", "median"]
 DistanceKind = Literal["correlation", "rows"]
+PrimaryChoice = Literal["level", "silhouette"]
 
 
 def default_max_groups(m: int) -> int:
@@ -66,9 +67,13 @@ class StructureOptions:
             and is refused above 3,000).
         n_groups: cut the tree into this many flat groups (at most ``m``).
         distance_threshold: cut the tree at this height instead (exclusive with ``n_groups``).
-        max_groups: largest number of groups tried by the automatic choice (best mean silhouette over
-            ``2..max_groups``), used when neither ``n_groups`` nor ``distance_threshold`` is given. Default
-            (``None``): ``max(30, ceil(sqrt(m)))``.
+        max_groups: largest number of groups of the automatic choice, used when neither ``n_groups`` nor
+            ``distance_threshold`` is given. Default (``None``): ``max(30, ceil(sqrt(m)))``.
+        primary: how the automatic choice picks the groups: ``"level"`` (default), the primary level of the tree
+            (its most distinct nested cut, or else its fine reading level; see :attr:`StructureResult.levels`), or
+            the best mean silhouette over ``2..max_groups`` when no level has at most ``max_groups`` groups;
+            ``"silhouette"``: always the best mean silhouette (the choice before levels existed; it picks 2 groups
+            on most real classifiers, whose silhouette curves fall with the number of groups).
         split_ratio: two sub-blocks (of a cut into ``4 k`` groups) in different groups form a split group when their
             mean similarity is at least this fraction of the mean cohesion of their two groups; in ``(0, 1]``.
         find_failed: look for failed groups (classes alike that the tree scatters over several groups).
@@ -80,8 +85,9 @@ class StructureOptions:
 
     Raises:
         ValueError: for an unknown ``method`` or ``distance``, a non-bool flag, both ``n_groups`` and
-            ``distance_threshold``, an ``n_groups`` below 1, a ``max_groups`` below 2, a ``distance_threshold``
-            that is not a finite number, ratios outside their ranges or a ``seed`` that is not a non-negative int.
+            ``distance_threshold``, an unknown ``primary``, an ``n_groups`` below 1, a ``max_groups`` below 2, a
+            ``distance_threshold`` that is not a finite number, ratios outside their ranges or a ``seed`` that is not a
+            non-negative int.
 
     Example:
         >>> from lightning_classim import StructureOptions
@@ -99,6 +105,7 @@ class StructureOptions:
     n_groups: int | None = None
     distance_threshold: float | None = None
     max_groups: int | None = None
+    primary: PrimaryChoice = "level"
     split_ratio: float = 0.5
     find_failed: bool = True
     failed_ratio: float = 0.5
@@ -108,6 +115,7 @@ class StructureOptions:
     def __post_init__(self) -> None:
         check_choice("method", self.method, LinkageMethod)
         check_choice("distance", self.distance, DistanceKind)
+        check_choice("primary", self.primary, PrimaryChoice)
         for flag in ("clip_negative", "optimal_ordering", "find_failed"):
             object.__setattr__(self, flag, check_bool(flag, getattr(self, flag)))
         if self.n_groups is not None and self.distance_threshold is not None:

@@ -34,10 +34,15 @@ def test_recovers_planted_top_level_at_true_k_and_automatically(planted):
     sim, top, sub = planted
     res = analyze(sim, n_groups=3)
     assert adjusted_rand_score(top, res.groups) == 1.0
-    auto = analyze(sim)
-    assert auto.n_groups == 3
-    assert adjusted_rand_score(top, auto.groups) == 1.0
     assert adjusted_rand_score(sub, analyze(sim, n_groups=9).groups) == 1.0
+    auto = analyze(sim)  # both levels, coarse to fine; the primary is the one that stands out more
+    assert [level.n_groups for level in auto.levels] == [3, 9] and all(level.distinct for level in auto.levels)
+    assert adjusted_rand_score(top, auto.levels[0].groups) == 1.0
+    assert adjusted_rand_score(sub, auto.levels[1].groups) == 1.0
+    primary = max(auto.levels, key=lambda level: level.score)
+    assert auto.n_groups == primary.n_groups and np.array_equal(auto.groups, primary.groups)
+    silhouette = analyze(sim, primary="silhouette")
+    assert silhouette.n_groups == 3 and adjusted_rand_score(top, silhouette.groups) == 1.0
 
 
 def test_order_is_a_permutation_and_groups_are_contiguous_blocks(planted):
@@ -90,7 +95,7 @@ def test_summary_values_by_hand():
 
 def test_automatic_choice_is_best_silhouette_as_sklearn(planted):
     sim, _, _ = planted
-    res = analyze(sim, max_groups=12)
+    res = analyze(sim, max_groups=12, primary="silhouette")
     dist = 1 - sim
     np.fill_diagonal(dist, 0)
     z = linkage(squareform(dist, checks=False), "complete")
@@ -245,7 +250,7 @@ def test_previous_epoch_drift_ari_and_alignment(planted, rng):
 
 def test_align_order_keeps_the_tree_and_follows_previous(planted):
     sim, _, _ = planted
-    res = analyze(sim)
+    res = analyze(sim, n_groups=3)
     shuffled = np.random.default_rng(3).permutation(45)
     new = align_order(res.linkage, shuffled)
     assert sorted(new.tolist()) == list(range(45))
@@ -496,7 +501,7 @@ def test_large_m_metrics_match_scipy_and_sklearn(method):
         dist = np.sqrt(2 * dist)
     np.fill_diagonal(dist, 0)
     z = linkage(squareform(dist, checks=False), method)
-    res = analyze(sim, method=method)
+    res = analyze(sim, method=method, primary="silhouette")
     assert res.metrics["cophenetic_corr"] == pytest.approx(cophenet(z, squareform(dist, checks=False))[0], abs=1e-10)
     sample = np.linspace(0, m - 1, 1000).astype(int)
     scores = {}
@@ -527,7 +532,7 @@ def test_automatic_choice_with_tied_heights_matches_fcluster():
         if len(set(labels)) >= 2:
             scores[k] = silhouette_score(dist, labels, metric="precomputed")
     best = max(scores, key=lambda k: (round(scores[k], 12), -k))
-    res = analyze(sim)
+    res = analyze(sim, primary="silhouette")
     assert res.metrics["silhouette"] == pytest.approx(scores[best], abs=1e-12)
     assert adjusted_rand_score(fcluster(z, best, "maxclust"), res.groups) == 1.0
 
@@ -815,6 +820,7 @@ def test_failed_groups_when_many_pairs_stand_out(monkeypatch):
 
     monkeypatch.setattr(failed_module, "PAIRS_PER_CLASS", 1)
     monkeypatch.setattr(ops(), "residual_pairs", recording)
+    monkeypatch.setattr("lightning_classim.structure._analyze.find_pairs", lambda *args: ())  # failed groups' calls
     sub = np.repeat(np.arange(4), 30)
     level = np.array([[0.9, 0.7, 0.5, 0.0], [0.7, 0.9, 0.0, 0.0], [0.5, 0.0, 0.9, 0.7], [0.0, 0.0, 0.7, 0.9]])
     noise = 0.01 * np.random.default_rng(4).standard_normal((120, 120))

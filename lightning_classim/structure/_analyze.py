@@ -17,7 +17,9 @@ from lightning_classim.structure._agreement import check_taxonomy, compare_struc
 from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._failed import failed_groups
 from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
-from lightning_classim.structure._result import FailedGroup, StructureResult, best_k
+from lightning_classim.structure._levels import level_cuts, primary_level
+from lightning_classim.structure._pairs import find_pairs
+from lightning_classim.structure._result import FailedGroup, Level, StructureResult, best_k
 from lightning_classim.structure._silhouette import dense, nested
 from lightning_classim.structure._tree import (
     Cuts,
@@ -126,8 +128,9 @@ def analyze(
     z, tree_order = _tree(dist, opts, m, previous if given_order is None else None)
     leaf = given_order if given_order is not None else tree_order
     cuts = Cuts(z, tree_order)
-    labels, block_sums, scores, metrics = _groups(sim, dist, z, cuts, opts, m)
-    if not (given_order is None and cuts.monotone):
+    labels, block_sums, scores, metrics, found = _groups(sim, dist, z, cuts, opts, m)
+    relabel = not (given_order is None and cuts.monotone)
+    if relabel:
         labels = relabel_by_order(labels, leaf)
     k = int(labels.max()) + 1
     notes = []
@@ -145,10 +148,21 @@ def analyze(
     cohesions = np.array([g.cohesion for g in summary])
     split = split_groups(block_sums, cuts, labels, cohesions, opts.split_ratio, limit=10)
     failed: tuple[FailedGroup, ...] = ()
+    blocks = block_sums.blocks(labels)
     if opts.find_failed and k >= 2:
-        blocks = block_sums.blocks(labels)
         failed = failed_groups(sim, labels, blocks, mean_within, mean_between, opts.failed_ratio,
                                opts.failed_membership, opts.seed, limit=10)  # fmt: skip
+    levels = []
+    for i, (n, height, score, distinct, silhouette) in enumerate(found, start=1):
+        cut = relabel_by_order(cuts.into(n), leaf) if relabel else cuts.into(n)
+        levels.append(Level(n, cut, summaries(block_sums, cut, leaf, names)[0], silhouette, height, score, distinct))
+        metrics[f"level{i}/n_groups"] = float(n)
+        metrics[f"level{i}/silhouette"] = silhouette
+    metrics["n_levels"] = float(len(levels))
+    row_sums = block_sums.rows.sum(axis=0) if block_sums.rows is not None else sim.sum(axis=1)
+    pairs = find_pairs(sim, names, labels, blocks, row_sums, opts.seed)
+    for kind in ("near_duplicate", "outlier", "hub"):
+        metrics[f"pairs/{kind}"] = float(sum(p.kind == kind for p in pairs))
     result = StructureResult(
         similarity=sim.astype(np.float32),
         order=leaf,
@@ -161,6 +175,8 @@ def analyze(
         class_names=tuple(names),
         silhouettes=dict(sorted(scores.items())),
         notes=tuple(notes),
+        levels=tuple(levels),
+        pairs=pairs,
     )
     if previous is not None:
         metrics.update(compare_structures(result, previous))
@@ -199,8 +215,12 @@ def _tree(
 
 def _groups(
     sim: np.ndarray, dist: Distances, z: np.ndarray, cuts: Cuts, opts: StructureOptions, m: int
-) -> tuple[np.ndarray, BlockSums, dict[int, float], dict[str, float]]:
-    """The flat groups, the block sums they were found with, the silhouettes tried and the first metrics.
+) -> tuple[np.ndarray, BlockSums, dict[int, float], dict[str, float], list[tuple[int, float, float, bool, float]]]:
+    """The flat groups, the block sums they were found with, the silhouettes tried, the first metrics, the levels.
+
+    The levels are ``(k, height, score, distinct, silhouette)`` (see ``_levels``); without ``n_groups`` or
+    ``distance_threshold`` the primary level is the cut (see ``_levels.primary_level``), and without one (or with
+    ``primary="silhouette"``) the cut with the best mean silhouette over ``2..max_groups``.
 
     One pass over the matrix sums it over the clusters of a fine cut that the groups, the silhouette cuts and the
     split-group sub-blocks all nest in (monotone trees).
@@ -213,22 +233,34 @@ def _groups(
         raw = np.zeros(m, dtype=np.intp)
     top = default_max_groups(m) if opts.max_groups is None else opts.max_groups
     ks = range(2, max(2, min(top, m - 1)) + 1)
+    found = level_cuts(z, top) if cuts.monotone else []
     need = max(ks) if opts.automatic else int(raw.max()) + 1
+    need = max([need] + [level[0] for level in found])
     fine = cuts.into(max(need, split_fine_k(need, m))) if cuts.ranges is not None else None  # numbered along order
     block_sums = BlockSums(sim, fine)
     metrics = {"cophenetic_corr": _cophenetic_corr(sim, dist, z, cuts, block_sums, m)}
     scores: dict[int, float] = {}
-    if opts.automatic and m >= 3:
+    tried = set(ks) if opts.automatic and m >= 3 else set()
+    wanted = sorted({level[0] for level in found if 2 <= level[0] < m} | tried)
+    every: dict[int, float] = {}
+    if wanted:
         if cuts.ranges is not None and dist.linear:
             assert cuts.gaps is not None
-            scores = nested(block_sums, cuts.gaps, z, cuts.order, ks)
+            every = nested(block_sums, cuts.gaps, z, cuts.order, wanted)
         else:
-            scores = dense(dist, cuts, ks)
-        if scores:
-            best = best_k(scores)
-            metrics["silhouette"] = scores[best]
-            raw = cuts.into(best)
-    return raw, block_sums, scores, metrics
+            every = dense(dist, cuts, wanted)
+    if opts.automatic and m >= 3:
+        scores = {k: v for k, v in every.items() if k in ks}
+    levels = [(k, height, score, distinct, every.get(k, float("nan"))) for k, height, score, distinct in found]
+    primary = primary_level(found, top) if opts.automatic and opts.primary == "level" else None
+    if primary is not None:
+        metrics["silhouette"] = every.get(primary, float("nan"))
+        raw = cuts.into(primary)
+    elif scores:
+        best = best_k(scores)
+        metrics["silhouette"] = scores[best]
+        raw = cuts.into(best)
+    return raw, block_sums, scores, metrics, levels
 
 
 def _cophenetic_corr(sim: np.ndarray, dist: Distances, z: np.ndarray, cuts: Cuts, sums: BlockSums, m: int) -> float:

@@ -494,6 +494,29 @@ def _residual_pairs(
     return rows[:kept], cols[:kept], vals[:kept], count, top
 
 
+def _top_two(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Each row's two largest values off the diagonal and their columns (ties to the lower column)."""
+    m = mat.shape[0]
+    idx = np.full((m, 2), -1, np.int64)
+    val = np.full((m, 2), -np.inf)
+    for i in range(m):
+        row = mat[i]
+        b0, b1 = -np.inf, -np.inf
+        j0, j1 = -1, -1
+        for j in range(m):
+            if j == i:
+                continue
+            v = row[j]
+            if v > b0:
+                b1, j1 = b0, j0
+                b0, j0 = v, j
+            elif v > b1:
+                b1, j1 = v, j
+        idx[i, 0], idx[i, 1] = j0, j1
+        val[i, 0], val[i, 1] = b0, b1
+    return idx, val
+
+
 class _Compiled(NamedTuple):
     nn_chain: Callable[..., Any]
     label: Callable[..., Any]
@@ -509,6 +532,7 @@ class _Compiled(NamedTuple):
     seed_update: Callable[..., Any]
     seed_pick: Callable[..., Any]
     residual_pairs: Callable[..., Any]
+    top_two: Callable[..., Any]
 
 
 @functools.cache
@@ -540,6 +564,7 @@ def _compiled() -> _Compiled | None:
         seed_update=jit(_seed_update),
         seed_pick=jit(_seed_pick),
         residual_pairs=jit(_residual_pairs),
+        top_two=jit(_top_two),
     )
 
 
@@ -743,3 +768,16 @@ def residual_pairs(
         int(cap),
     )
     return rows.astype(np.intp), cols.astype(np.intp), vals, int(count), float(top)
+
+
+def top_two(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's two largest values off the diagonal, ``(m, 2)``, and their columns (ties to the lower column).
+
+    Example:
+        >>> import numpy as np
+        >>> idx, val = top_two(np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.9], [0.2, 0.9, 1.0]]))
+        >>> idx.tolist(), val.tolist()
+        ([[1, 2], [2, 0], [1, 0]], [[0.5, 0.2], [0.9, 0.5], [0.9, 0.2]])
+    """
+    idx, val = _require().top_two(np.ascontiguousarray(mat, dtype=np.float64))
+    return idx.astype(np.intp), val

@@ -30,6 +30,7 @@ __all__ = [
     "residual_pairs",
     "seed_pick",
     "seed_update",
+    "top_two",
     "upper_moments",
 ]
 
@@ -234,3 +235,17 @@ def residual_pairs(
             top = max(top, float(found[-1][2].max()))
     rows, cols, vals = (np.concatenate(parts)[:cap] for parts in zip(*found))
     return rows.astype(np.intp), cols.astype(np.intp), vals, count, top
+
+
+def top_two(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's two largest values off the diagonal, ``(m, 2)``, and their columns (ties to the lower column)."""
+    m = mat.shape[0]
+    idx = np.empty((m, 2), dtype=np.intp)
+    val = np.empty((m, 2))
+    for lo in range(0, m, _ROWS_CHUNK):
+        rows = np.array(mat[lo : lo + _ROWS_CHUNK], dtype=np.float64)
+        rows[np.arange(rows.shape[0]), np.arange(lo, lo + rows.shape[0])] = -np.inf
+        order = np.argsort(-rows, axis=1, kind="stable")[:, :2]
+        idx[lo : lo + rows.shape[0]] = order
+        val[lo : lo + rows.shape[0]] = np.take_along_axis(rows, order, axis=1)
+    return idx, val

@@ -18,7 +18,17 @@ import numpy as np
 from lightning_classim._validation import check_order
 from lightning_classim.structure._tree import check_linkage
 
-__all__ = ["FailedGroup", "GroupSummary", "SplitGroup", "StructureResult", "best_k", "json_float", "md_escape"]
+__all__ = [
+    "FailedGroup",
+    "GroupSummary",
+    "Level",
+    "Pair",
+    "SplitGroup",
+    "StructureResult",
+    "best_k",
+    "json_float",
+    "md_escape",
+]
 
 #: The arrays of a result, with the dtype each is stored in.
 ARRAY_DTYPES: dict[str, Any] = {"similarity": np.float32, "order": np.int64, "linkage": np.float64, "groups": np.int64}
@@ -169,6 +179,93 @@ class FailedGroup:
 
 
 @dataclass(frozen=True, eq=False)
+class Level:
+    """One nested cut of the tree (see :func:`~lightning_classim.analyze`'s levels).
+
+    Attributes:
+        n_groups: number of groups.
+        groups: the group of each class (original class order; numbered along the leaf order).
+        summary: one :class:`GroupSummary` per group, in leaf order.
+        silhouette: the mean silhouette of the cut (NaN when not computed).
+        height: a tree height that gives this cut (the middle of the heights that do).
+        score: how far its range of heights stands out from its neighbours' (the range over the median range of
+            the cuts into ``k/2`` to ``2k`` groups).
+        distinct: whether it stands out on its own (score at least 12 and at least 4% of the heights); ``False``
+            for a reading level, the most distinct cut of its band of scales in a smoothly decaying tree.
+    """
+
+    n_groups: int
+    groups: np.ndarray
+    summary: tuple[GroupSummary, ...]
+    silhouette: float
+    height: float
+    score: float
+    distinct: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (groups as a list)."""
+        return {
+            "n_groups": self.n_groups,
+            "groups": [int(g) for g in self.groups],
+            "summary": [g.to_dict() for g in self.summary],
+            "silhouette": json_float(self.silhouette),
+            "height": json_float(self.height),
+            "score": json_float(self.score),
+            "distinct": self.distinct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Level:
+        """The inverse of :meth:`to_dict`."""
+        return cls(n_groups=int(data["n_groups"]), groups=np.asarray(data["groups"], dtype=np.intp),
+                   summary=tuple(GroupSummary.from_dict(g) for g in data["summary"]),
+                   silhouette=_nan(data.get("silhouette")), height=_nan(data.get("height")),
+                   score=_nan(data.get("score")), distinct=bool(data.get("distinct", False)))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A pair of classes worth a look (or one class, for a hub).
+
+    Attributes:
+        kind: ``"near_duplicate"`` (two classes far more alike than either is to any other class), ``"outlier"``
+            (two classes in different groups far more alike than their groups are) or ``"hub"`` (a class alike to
+            far more classes than the others are: the paper's star and flame patterns).
+        a: the first class's name.
+        b: the second class's name (``""`` for a hub).
+        i: the first class's index.
+        j: the second class's index (-1 for a hub).
+        score: how far it stands out (see :func:`~lightning_classim.analyze`): a distance ratio for near duplicates,
+            robust z-scores for outliers and hubs.
+        similarity: the pair's similarity (a hub's mean similarity to all other classes).
+    """
+
+    kind: str
+    a: str
+    b: str
+    i: int
+    j: int
+    score: float
+    similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"kind": self.kind, "a": self.a, "b": self.b, "i": self.i, "j": self.j,
+                "score": json_float(self.score), "similarity": json_float(self.similarity)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pair:
+        """The inverse of :meth:`to_dict`."""
+        return cls(kind=str(data["kind"]), a=str(data["a"]), b=str(data["b"]), i=int(data["i"]), j=int(data["j"]),
+                   score=_nan(data.get("score")), similarity=_nan(data.get("similarity")))  # fmt: skip
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(kind, a, b)``: the same pair in two epochs has the same key."""
+        return (self.kind, self.a, self.b)
+
+
+@dataclass(frozen=True, eq=False)
 class StructureResult:
     """The result of :func:`~lightning_classim.analyze`: order, tree, groups, summaries and metrics of a matrix.
 
@@ -186,6 +283,9 @@ class StructureResult:
             ``n_groups`` or ``distance_threshold`` chose the groups).
         notes: what the analysis could not do as asked, in words (e.g. a cut that gave fewer groups than asked, and
             why); :func:`~lightning_classim.analyze` also issues each as a ``UserWarning``.
+        levels: the nested cuts of the tree worth reading, coarse to fine (see :func:`~lightning_classim.analyze`);
+            empty when none stands out.
+        pairs: the pairs of classes worth a look: near duplicates, outliers off the diagonal blocks, hubs.
     """
 
     similarity: np.ndarray
@@ -199,6 +299,8 @@ class StructureResult:
     class_names: tuple[str, ...] = field(default=())
     silhouettes: dict[int, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    levels: tuple[Level, ...] = ()
+    pairs: tuple[Pair, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -239,6 +341,8 @@ class StructureResult:
             "failed_groups": [f.to_dict(names) for f in self.failed_groups],
             "silhouettes": {str(k): json_float(v) for k, v in self.silhouettes.items()},
             "notes": list(self.notes),
+            "levels": [level.to_dict() for level in self.levels],
+            "pairs": [pair.to_dict() for pair in self.pairs],
         }
 
     @classmethod
@@ -285,6 +389,8 @@ class StructureResult:
                 class_names=tuple(str(n) for n in class_names),
                 silhouettes={int(k): _nan(v) for k, v in summary.get("silhouettes", {}).items()},
                 notes=tuple(str(n) for n in summary.get("notes", [])),
+                levels=tuple(Level.from_dict(level) for level in summary.get("levels", [])),
+                pairs=tuple(Pair.from_dict(pair) for pair in summary.get("pairs", [])),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(

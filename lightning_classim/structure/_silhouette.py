@@ -5,6 +5,8 @@ For large ``m`` the silhouettes are averaged over 1,000 evenly spaced classes (e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from lightning_classim.structure._backend import ops
@@ -22,7 +24,7 @@ def sample_rows(m: int) -> np.ndarray:
     return np.arange(m) if m <= SAMPLE else np.linspace(0, m - 1, SAMPLE).astype(np.intp)
 
 
-def nested(sums: BlockSums, gaps: np.ndarray, z: np.ndarray, order: np.ndarray, ks: range) -> dict[int, float]:
+def nested(sums: BlockSums, gaps: np.ndarray, z: np.ndarray, order: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """Mean silhouette of every cut into ``k`` groups at once, from the sums over the clusters of a finer cut.
 
     For a monotone tree and the distance ``1 - s``: every cut nests in the fine one, and each of its groups is a
@@ -52,7 +54,7 @@ def nested(sums: BlockSums, gaps: np.ndarray, z: np.ndarray, order: np.ndarray, 
     return {int(k): float(score[i]) for i, k in enumerate(k_arr) if n_seg[i] >= 2}
 
 
-def dense(dist: Distances, cuts: Cuts, ks: range) -> dict[int, float]:
+def dense(dist: Distances, cuts: Cuts, ks: Sequence[int]) -> dict[int, float]:
     """Mean silhouette of the cuts into k groups, from distance rows (any distance, any tree)."""
     m = dist.sim.shape[0]
     rows = sample_rows(m)

@@ -1,0 +1,128 @@
+"""Levels: the nested cuts of the tree worth reading, coarse to fine.
+
+A monotone tree cut into ``k`` groups keeps those ``k`` groups over a range of heights: from the ``k``-th highest
+merge up to the ``(k - 1)``-th. Nested blocks show as cuts whose range is wide: the merges inside the blocks sit far
+below those between them. The **score** of a cut is its range over the median range of the cuts into ``k/2`` to
+``2k`` groups: how far it stands out from its neighbours, whatever the scale. Cuts into ``2 .. min(m / 2,
+4 max_groups)`` groups are tried. The rule reads the tree only (it costs nothing next to the linkage) and does not
+depend on the silhouette, whose curve is often flat on real data.
+
+1. **Distinct levels.** A cut whose score is at least ``DISTINCT_SCORE`` (12) and whose range is at least
+   ``DISTINCT_SHARE`` (4%) of the heights spanned by all the cuts tried. Of several within a factor of 1.5 in
+   ``k``, the widest is kept; at most ``MAX_LEVELS`` (4). Planted superclasses of subclasses give exactly their two
+   levels; matrices of noise give one in about 30 (``benchmarks/study_levels.py``).
+2. **Reading levels.** Real classifiers seldom have such gaps: their trees decay smoothly and the silhouette falls
+   with ``k`` (it picks 2 groups on Delicious, Bibtex and Enron). When fewer than two levels are distinct, the cuts
+   that stand out most (highest score, at least ``READING_SCORE``, 2) in a coarse band, ``2 .. max(4, sqrt(m) /
+   2)`` groups, and in a fine band, from twice the coarse level up to ``max_groups``, complete them: the blocks a
+   reader sees at two scales. Their ``distinct`` is ``False``.
+
+The **primary** level (the groups of ``result.groups`` when the number of groups is chosen automatically) is the
+distinct level with the highest score, or else the finest reading level, among those with at most ``max_groups``
+groups; without one, the best mean silhouette chooses as before.
+
+Each level is ``(k, height, score, distinct)``; ``height`` is the middle of the range of heights that gives ``k``
+groups (a cut there gives exactly them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lightning_classim.options import default_max_groups
+
+__all__ = ["DISTINCT_SCORE", "DISTINCT_SHARE", "MAX_LEVELS", "READING_SCORE", "level_cuts", "primary_level"]
+
+DISTINCT_SCORE = 12.0
+DISTINCT_SHARE = 0.04
+READING_SCORE = 2.0
+MAX_LEVELS = 4
+#: Two levels closer than this factor in their numbers of groups are one level (the wider range is kept).
+_NEIGHBOUR = 1.5
+
+
+def level_cuts(z: np.ndarray, max_groups: int | None = None) -> list[tuple[int, float, float, bool]]:
+    """The levels of a monotone tree, coarse to fine: ``(k, height, score, distinct)`` (see the module's rule).
+
+    Example:
+        >>> import numpy as np
+        >>> from scipy.cluster.hierarchy import linkage
+        >>> points = [100.0 * s + 10.0 * g + 0.01 * i for s in range(2) for g in range(2) for i in range(5)]
+        >>> [(k, distinct) for k, _, _, distinct in level_cuts(linkage(np.array(points)[:, None], "complete"))]
+        [(2, True), (4, True)]
+    """
+    m = z.shape[0] + 1
+    top = default_max_groups(m) if max_groups is None else max_groups
+    kmax = min(m // 2, 4 * top)
+    if kmax < 2:
+        return []
+    heights = np.sort(z[:, 2])[::-1]  # H_1 >= H_2 >= ...: k groups for heights in [H_k, H_{k-1})
+    ks = np.arange(2, kmax + 1)
+    width = heights[ks - 2] - heights[ks - 1]
+    span = heights[0] - heights[kmax - 1]
+    if not span > 0:
+        return []
+    score = np.empty(ks.size)
+    for i, k in enumerate(ks.tolist()):
+        around = width[(ks >= max(2, k // 2)) & (ks <= min(kmax, 2 * k)) & (ks != k)]
+        base = float(np.median(around)) if around.size else np.inf
+        score[i] = float(width[i]) / max(base, 1e-12 * span)
+    middle = (heights[ks - 2] + heights[ks - 1]) / 2
+
+    def near(k: int, kept: list[int]) -> bool:
+        return any(c / _NEIGHBOUR <= k <= c * _NEIGHBOUR for c in kept)
+
+    distinct = [i for i in range(ks.size) if score[i] >= DISTINCT_SCORE and width[i] >= DISTINCT_SHARE * span]
+    chosen: list[int] = []
+    for i in sorted(distinct, key=lambda i: -width[i]):  # widest first
+        if not near(int(ks[i]), [int(ks[c]) for c in chosen]) and len(chosen) < MAX_LEVELS:
+            chosen.append(i)
+    if len(chosen) < 2:
+        coarse_top = max(4, int(math.sqrt(m) / 2))
+        fine_top = max(2, min(top, kmax))
+        chosen_ks = [int(ks[c]) for c in chosen]
+        coarse = min(chosen_ks) if chosen_ks else None
+        if coarse is None or coarse > coarse_top:  # a coarse reading level
+            band = [i for i in range(ks.size) if ks[i] <= min(coarse_top, fine_top) and not near(int(ks[i]), chosen_ks)]
+            if coarse is not None:
+                band = [i for i in band if 2 * ks[i] <= coarse]
+            pick = _best(band, score)
+            if pick is not None:
+                chosen.append(pick)
+                chosen_ks.append(int(ks[pick]))
+        if len(chosen) < 2:  # a fine reading level, at least twice as many groups as the coarsest
+            low = 2 * min(chosen_ks) if chosen_ks else 2
+            band = [i for i in range(ks.size) if low <= ks[i] <= fine_top and not near(int(ks[i]), chosen_ks)]
+            pick = _best(band, score)
+            if pick is not None:
+                chosen.append(pick)
+    out = [(int(ks[i]), float(middle[i]), float(score[i]), i in distinct) for i in chosen]
+    return sorted(out)
+
+
+def _best(band: list[int], score: np.ndarray) -> int | None:
+    """The index in ``band`` with the highest score, if it reaches ``READING_SCORE``."""
+    if not band:
+        return None
+    best = max(band, key=lambda i: score[i])
+    return best if score[best] >= READING_SCORE else None
+
+
+def primary_level(levels: list[tuple[int, float, float, bool]], max_groups: int) -> int | None:
+    """The number of groups of the primary level (see the module's rule), or ``None``.
+
+    Example:
+        >>> primary_level([(3, 0.9, 40.0, True), (9, 0.5, 60.0, True)], 30)
+        9
+        >>> primary_level([(2, 0.9, 4.4, False), (6, 0.5, 3.7, False)], 30)
+        6
+        >>> primary_level([(40, 0.5, 90.0, True)], 30) is None
+        True
+    """
+    usable = [level for level in levels if level[0] <= max_groups]
+    distinct = [level for level in usable if level[3]]
+    if distinct:
+        return max(distinct, key=lambda level: level[2])[0]
+    return max(level[0] for level in usable) if usable else None

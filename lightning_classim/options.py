@@ -75,7 +75,9 @@ class StructureOptions:
             ``"silhouette"``: always the best mean silhouette (the choice before levels existed; it picks 2 groups
             on most real classifiers, whose silhouette curves fall with the number of groups).
         split_ratio: two sub-blocks (of a cut into ``4 k`` groups) in different groups form a split group when their
-            mean similarity is at least this fraction of the mean cohesion of their two groups; in ``(0, 1]``.
+            mean similarity is at least this fraction of the mean cohesion of their two groups, and this fraction of
+            the way from the two groups' mean similarity to that cohesion (nested sibling groups are not split);
+            in ``(0, 1]``.
         find_failed: look for failed groups (classes alike that the tree scatters over several groups).
         failed_ratio: a candidate is a failed group when the mean similarity of its members in different groups is
             at least this fraction of the way from the mean between-group to the mean within-group similarity; in

@@ -82,6 +82,7 @@ def labelled_heatmap(
     vmin: float = -1.0,
     vmax: float = 1.0,
     max_names: int = 100,
+    coarse_groups: Any = None,
 ) -> Picture:
     """The ordered heatmap with names or group labels, a colour bar with its range, and a title.
 
@@ -97,6 +98,8 @@ def labelled_heatmap(
         vmin: value of the first colour.
         vmax: value of the last colour.
         max_names: up to this many classes, every name is written along both axes.
+        coarse_groups: a coarser level of the same tree: outlined thick (``groups`` thin), and its numbers written
+            above the heatmap when there are more than ``max_names`` classes.
 
     Returns:
         A :class:`Picture`.
@@ -122,7 +125,8 @@ def labelled_heatmap(
     with_names = m <= max_names
     side = min(max_pixels, max(384, _NAME_ROW * m)) if with_names else 384  # names need about 10 pixels a class
     heat = render_heatmap(matrix, order, groups, max_pixels=max_pixels, min_pixels=side, cmap=cmap, vmin=vmin,
-                          vmax=vmax)  # fmt: skip
+                          vmax=vmax, coarse_groups=coarse_groups)  # fmt: skip
+    coarse = None if coarse_groups is None else np.asarray(coarse_groups)
     h = heat.shape[0]
     cell = h / m
     font = _font(max(7, min(11, int(cell) - 1)) if with_names else 11)
@@ -162,6 +166,8 @@ def labelled_heatmap(
                 members = ", ".join(_short(names[i], 18) for i in idx[a:b][:6])
                 text = _fit(small, f"{label} ({b - a}): {members}", margin - _PAD)
                 draw.text((left - _PAD // 2, top + (y0 + y1) / 2), text, fill="black", font=small, anchor="rm")
+        for label, a, b in _spans((labels if coarse is None else coarse)[idx]):
+            y0, y1 = a * cell, b * cell
             if y1 - y0 >= 14:
                 draw.text((left + (y0 + y1) / 2, top - 2), str(label), fill="black", font=small, anchor="mb")
     # the colour bar: the colormap from vmax (top) to vmin (bottom), with its range

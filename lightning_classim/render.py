@@ -160,11 +160,13 @@ def render_heatmap(
     vmin: float = -1.0,
     vmax: float = 1.0,
     line_rgb: tuple[int, int, int] = (20, 20, 20),
+    coarse_groups: Any = None,
 ) -> np.ndarray:
     """Render a square matrix in a given order as an RGB image.
 
     A colormap lookup (not a per-cell plot): large matrices are block-averaged down to ``max_pixels``, small ones
-    are enlarged by whole pixels up to ``min_pixels``. Group spans along the diagonal are outlined by thin lines.
+    are enlarged by whole pixels up to ``min_pixels``. Group spans along the diagonal are outlined by thin lines, and
+    the groups of a coarser level, when given, by thick ones.
     Any square matrix can be drawn in any order, so the confusion matrix can be shown in the similarity order.
 
     Args:
@@ -179,13 +181,17 @@ def render_heatmap(
         vmin: value mapped to the first colour.
         vmax: value mapped to the last colour.
         line_rgb: colour of the group outlines.
+        coarse_groups: a coarser group label per class (a level of the same tree, e.g. from
+            :meth:`~lightning_classim.StructureResult.outlined_cuts`): its groups are outlined thick (2 pixels, more on
+            large images) in ``line_rgb``, and ``groups`` thin in a lighter shade.
 
     Returns:
         ``uint8`` array of shape ``(H, H, 3)``.
 
     Raises:
         ValueError: if the matrix is not square, ``order`` is not a permutation, ``groups`` has the wrong length,
-            ``vmin`` or ``vmax`` is not finite or ``vmax <= vmin``, a side is out of range or ``cmap`` is unknown.
+            ``vmin`` or ``vmax`` is not finite or ``vmax <= vmin``, a side is out of range or ``cmap`` is unknown;
+            ``coarse_groups`` of the wrong length.
 
     Example:
         >>> import numpy as np
@@ -217,23 +223,33 @@ def render_heatmap(
     img[nan] = _NAN_RGB
     if scale > 1:
         img = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-    if groups is not None:
-        labels = np.asarray(groups)
+    fine_rgb = line_rgb if coarse_groups is None else tuple(int(c + (200 - c) * 0.45) for c in line_rgb)
+    thick = 2 + img.shape[0] // 512
+    for name, labels_in, rgb, width in (("groups", groups, fine_rgb, 1),
+                                         ("coarse_groups", coarse_groups, line_rgb, thick)):  # fmt: skip
+        if labels_in is None:
+            continue
+        labels = np.asarray(labels_in)
         if labels.shape != (m,):
             raise ValueError(
-                f"Expected argument `groups` to give one label per class ({m}), but got shape {labels.shape}."
+                f"Expected argument `{name}` to give one label per class ({m}), but got shape {labels.shape}."
             )
-        seq = labels[idx]
-        cuts = np.concatenate([[0], np.nonzero(seq[1:] != seq[:-1])[0] + 1, [m]])
-        size = img.shape[0]
-        px = np.minimum((cuts * size) // m, size - 1)
-        for a, b in zip(px[:-1], px[1:]):
-            b_end = max(b - 1, a) if b < size - 1 else size - 1
-            img[a, a : b_end + 1] = line_rgb
-            img[b_end, a : b_end + 1] = line_rgb
-            img[a : b_end + 1, a] = line_rgb
-            img[a : b_end + 1, b_end] = line_rgb
+        _outline(img, labels[idx], m, rgb, width)
     return img
+
+
+def _outline(img: np.ndarray, seq: np.ndarray, m: int, rgb: tuple[int, ...], width: int) -> None:
+    """Outline the runs of equal labels of ``seq`` along the diagonal, ``width`` pixels wide, inside each square."""
+    cuts = np.concatenate([[0], np.nonzero(seq[1:] != seq[:-1])[0] + 1, [m]])
+    size = img.shape[0]
+    px = np.minimum((cuts * size) // m, size - 1)
+    for a, b in zip(px[:-1], px[1:]):
+        b_end = max(b - 1, a) if b < size - 1 else size - 1
+        w = max(1, min(width, (b_end - a + 1) // 3))
+        img[a : a + w, a : b_end + 1] = rgb
+        img[b_end - w + 1 : b_end + 1, a : b_end + 1] = rgb
+        img[a : b_end + 1, a : a + w] = rgb
+        img[a : b_end + 1, b_end - w + 1 : b_end + 1] = rgb
 
 
 def save_png(image: np.ndarray, path: str | Path | IO[bytes]) -> Path | IO[bytes]:

@@ -1,6 +1,7 @@
 """``classim report``: a run's evolution as a report folder.
 
-The scalars over epochs, every heatmap in one order, the classes that changed group, and the final group table.
+The scalars and levels over epochs, every heatmap in one order, the classes that changed group, the pairs worth a
+look over the epochs (appear, persist, go), and the final group table.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lightning_classim.render import grid_image, render_heatmap, save_png
 from lightning_classim.runs import Run, load_run
 from lightning_classim.structure import md_escape
 
-__all__ = ["group_changes", "write_report"]
+__all__ = ["group_changes", "pair_history", "write_report"]
 
 
 def group_changes(before: Snapshot, after: Snapshot) -> list[dict[str, Any]]:
@@ -44,6 +45,36 @@ def group_changes(before: Snapshot, after: Snapshot) -> list[dict[str, Any]]:
                 {"class": i, "name": after.result.class_names[i], "from_group": int(a[i]), "to_group": int(b[i])}
             )
     return moved
+
+
+def pair_history(run: Run) -> list[dict[str, Any]]:
+    """Each pair worth a look over the epochs: when it appears, whether it persists or goes.
+
+    A pair is the same in two epochs when its kind and class names are (``Pair.key``).
+
+    Returns:
+        One dict per pair, most recent first (those of the last epoch first, highest score first): ``kind``, ``a``,
+        ``b``, ``epochs`` (the epochs it was found in), ``first``, ``last`` (epochs), ``status`` (``"new"``: found
+        only in the last epoch; ``"persists"``: found in the last epoch and before; ``"gone"``: not in the last
+        epoch) and ``score`` (in the last epoch it was found in).
+    """
+    if not run.snapshots:
+        return []
+    seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for s in run.snapshots:
+        for p in s.result.pairs:
+            entry = seen.setdefault(p.key, {"kind": p.kind, "a": p.a, "b": p.b, "epochs": []})
+            entry["epochs"].append(s.epoch)
+            entry["score"] = p.score
+    final = run.snapshots[-1].epoch
+    several = len(run.snapshots) > 1
+    for entry in seen.values():
+        entry["first"], entry["last"] = entry["epochs"][0], entry["epochs"][-1]
+        if entry["last"] != final:
+            entry["status"] = "gone"
+        else:
+            entry["status"] = "new" if several and entry["first"] == final else "persists"
+    return sorted(seen.values(), key=lambda e: (e["last"] != final, -e["last"], -e["score"]))
 
 
 def _metrics_figure(run: Run) -> Any:
@@ -98,8 +129,9 @@ def _silhouette_figure(curves: list[tuple[int, dict[int, float]]]) -> Any:
 def write_report(path: str | Path, out: str | Path | None = None, max_pixels: int = 384) -> Path:
     """Write a report of one run: scalars over epochs, all heatmaps in one order (grid and GIF), group changes.
 
-    Files (in ``out``, default ``<run>/report``): ``report.md`` (open this), ``metrics.png``, ``heatmaps.png``,
-    ``evolution.gif``, ``changes.json``, ``report.json`` and, when the automatic choice chose the groups,
+    Files (in ``out``, default ``<run>/report``): ``report.md`` (open this), ``metrics.png``, ``heatmaps.png``
+    (outlining the last epoch's two levels), ``evolution.gif``, ``changes.json``, ``pairs.json`` (see
+    :func:`pair_history`), ``report.json`` and, when the automatic choice chose the groups,
     ``silhouettes.png`` (mean silhouette over the number of groups, up to six epochs).
 
     Returns:
@@ -115,9 +147,10 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     folder.mkdir(parents=True, exist_ok=True)
     last = run.snapshots[-1]
     final = last.result
+    coarse, fine = final.outlined_cuts()
     images = [
-        render_heatmap(s.result.similarity, final.order, final.groups, max_pixels=max_pixels,
-                       min_pixels=max_pixels // 2)
+        render_heatmap(s.result.similarity, final.order, fine, max_pixels=max_pixels, min_pixels=max_pixels // 2,
+                       coarse_groups=coarse)
         for s in run.snapshots
     ]  # fmt: skip
     labels = [f"epoch {s.epoch}" for s in run.snapshots]
@@ -134,6 +167,8 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         for a, b in zip(run.snapshots[:-1], run.snapshots[1:])
     ]
     (folder / "changes.json").write_text(json.dumps(changes, indent=1))
+    pairs = pair_history(run)
+    (folder / "pairs.json").write_text(json.dumps(pairs, indent=1))
     lines = [
         f"# Class-similarity report: {run.path}",
         "",
@@ -144,13 +179,14 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         "",
         "![metrics](metrics.png)",
         "",
-        "| epoch | groups | within - between | cophenetic corr | drift | group ARI |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| epoch | groups | levels | within - between | cophenetic corr | drift | group ARI |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for s in run.snapshots:
         m = s.metrics
+        levels = " > ".join(str(level.n_groups) for level in s.result.levels)
         lines.append(
-            f"| {s.epoch} | {_num(m.get('n_groups'), 0)} | {_num(m.get('within_minus_between'))} | "
+            f"| {s.epoch} | {_num(m.get('n_groups'), 0)} | {levels} | {_num(m.get('within_minus_between'))} | "
             f"{_num(m.get('cophenetic_corr'))} | {_num(m.get('drift'))} | {_num(m.get('group_ari'))} |"
         )
     lines += [
@@ -170,6 +206,16 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         lines.append(f"- epoch {change['from_epoch']} -> {change['to_epoch']}: {len(names)} moved. {shown}")
     if not changes:
         lines.append("- only one epoch was analysed.")
+    lines += ["", "## Pairs worth a look over the epochs", ""]
+    if pairs:
+        lines += ["| kind | class | with | status | first seen | last seen | in epochs | score |",
+                  "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for e in pairs:
+            seen = f"{e['first']} | {e['last']} | {len(e['epochs'])}"
+            lines.append(f"| {e['kind'].replace('_', ' ')} | {md_escape(e['a'])} | {md_escape(e['b'])} | "
+                         f"{e['status']} | {seen} | {_num(e['score'], 2)} |")  # fmt: skip
+    else:
+        lines.append("No pair stood out in any epoch.")
     if curves:
         lines += [
             "",
@@ -177,8 +223,9 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
             "",
             "![silhouettes](silhouettes.png)",
             "",
-            "The automatic choice is each curve's highest point; other peaks are other levels of the hierarchy, "
-            "to pick with `n_groups`.",
+            "Curves that fall with the number of groups (most real classifiers) are why the groups are the tree's "
+            'levels by default; `primary="silhouette"` takes each curve\'s highest point instead, and `n_groups` '
+            "any cut.",
         ]
     lines += ["", f"## Groups at epoch {last.epoch}", "", final.summary_markdown()]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
@@ -188,6 +235,7 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         "epochs": [s.epoch for s in run.snapshots],
         "metrics": [{"epoch": s.epoch, **s.result.to_dict()["metrics"]} for s in run.snapshots],
         "changes": changes,
+        "pairs": pairs,
         "final_groups": final.to_dict()["groups"],
         "silhouettes": [{"epoch": epoch, **{str(k): v for k, v in curve.items()}} for epoch, curve in curves],
     }

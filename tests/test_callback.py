@@ -117,7 +117,10 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
     assert [e.step for e in images] == sorted(e.step for e in images) and len({e.step for e in images}) == 3
     assert "classim/groups/text_summary" in tags["tensors"]
     text = acc.Tensors("classim/groups/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert text.startswith("| group | size | cohesion |") and "animal/" in text
+    assert "| group | size | cohesion |" in text and "animal/" in text
+    assert "classim/pairs/text_summary" in tags["tensors"]  # the pairs worth a look, as a table, every epoch
+    pairs = acc.Tensors("classim/pairs/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert pairs.startswith(("Pairs worth a look:", "No pair stands out."))
     assert "classim/similarity" in tags["histograms"]
     assert len(acc.Histograms("classim/similarity")) == 3
     for key in ("n_groups", "cophenetic_corr", "within_minus_between", "offdiag_skew", "taxonomy_ari", "drift"):
@@ -132,7 +135,10 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
     tables = list((media / "table" / "classim").glob("groups_*.table.json"))
     assert len(tables) == 3
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == ["group", "size", "cohesion", "separation", "nearest", "members"]
+    assert table["columns"] == ["group", "coarse", "size", "cohesion", "separation", "nearest", "members"]
+    pair_tables = list((media / "table" / "classim").glob("pairs_*.table.json"))
+    assert len(pair_tables) == 3
+    assert json.loads(pair_tables[0].read_text())["columns"] == ["kind", "class", "with", "score", "similarity"]
     summary = wandb_offline_summary(next(run_dirs[0].glob("*.wandb")))
     assert float(summary["classim/n_groups"]) >= 1 and "classim/drift" in summary
 

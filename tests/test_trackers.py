@@ -149,11 +149,12 @@ def test_mlflow_images_with_steps_tables_params_and_files(tmp_path):
     images = [p for p in everything if p.startswith("images/classim~heatmap+step+") and p.endswith(".png")]
     assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images) == steps  # a step slider in the UI
     assert "classim/groups/epoch=0001.json" in everything and "classim/groups/epoch=0001.md" in everything
+    assert "classim/pairs/epoch=0001.json" in everything
     last = f"classim/files/{snaps[-1].name}"
     assert {f"{last}/similarity.npy", f"{last}/summary.json", f"{last}/heatmap.png"} <= set(everything)
     table = json.loads(Path(client.download_artifacts(logger.run_id, "classim/groups/epoch=0001.json")).read_text())
     result = load_snapshot(snaps[-1]).result
-    assert table["columns"][:2] == ["group", "size"] and len(table["data"]) == result.n_groups
+    assert table["columns"][:3] == ["group", "coarse", "size"] and len(table["data"]) == result.n_groups
 
 
 class OfflineComet:
@@ -189,7 +190,7 @@ def test_comet_offline_archive_holds_images_tables_and_text(tmp_path):
             messages += [json.loads(line) for line in zf.read("messages.json").decode().splitlines()]
     uploads = [m["payload"].get("additional_params") or {} for m in messages if m["type"] == "file_upload"]
     assert [u["step"] for u in uploads if u.get("figName") == "classim/heatmap"] == [6, 12]
-    assert [u["fileName"] for u in uploads if u.get("extension") == "csv"] == [
+    assert [u["fileName"] for u in uploads if u.get("extension") == "csv" and "groups" in u["fileName"]] == [
         "classim_groups_epoch=0000.csv", "classim_groups_epoch=0001.csv"
     ]  # fmt: skip
     assert sum(u.get("type") == "text-sample" for u in uploads) == 2
@@ -211,7 +212,7 @@ def test_dvclive_images_and_scalars(tmp_path, monkeypatch):
     assert images == ["epoch=0000.png", "epoch=0001.png"]
     rows = (root / "plots" / "metrics" / "classim" / "n_groups.tsv").read_text().splitlines()
     assert rows[0].split("\t")[-1] == "n_groups" and len(rows) == 3
-    assert (root / "classim" / "classim" / "groups_epoch=0001.md").read_text().startswith("| group |")
+    assert "| group | size |" in (root / "classim" / "classim" / "groups_epoch=0001.md").read_text()
 
 
 @pytest.mark.slow

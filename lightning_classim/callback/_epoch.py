@@ -37,6 +37,9 @@ class Panel:
     table_columns: list[str] = field(default_factory=list)
     table_rows: list[list[Any]] = field(default_factory=list)
     histogram: np.ndarray | None = None
+    pair_columns: list[str] = field(default_factory=list)
+    pair_rows: list[list[Any]] = field(default_factory=list)
+    pairs_markdown: str = ""
 
 
 @dataclass
@@ -105,6 +108,7 @@ def analyse_epoch(
     out = EpochAnalysis(results=results, images={}, panels=[], scalars={})
     order: np.ndarray | None = None
     groups: np.ndarray | None = None
+    coarse: np.ndarray | None = None  # the coarse level the primary source's picture outlines thick
     for src in sources:
         with notes_not_warned():  # the callback warns each source's notes once, not every epoch
             result = analyze(matrices[src.name], src.options or options, class_names=class_names,
@@ -115,13 +119,15 @@ def analyse_epoch(
             out.at_max_groups.append((src.name, max(result.silhouettes)))
         if src is primary:
             order, groups = (result.order, result.groups) if reference is None else reference
+            if reference is None:
+                coarse, groups = result.outlined_cuts()
         values = offdiag_sample(result.similarity)
         vmin, vmax, cmap = src.colour_scale(values, heatmap.cmap)
         name = "" if src is primary else f" {src.name}"
         line = f"{title}{name}: {result.num_classes} classes, {result.n_groups} groups".lstrip(": ")
         picture = labelled_heatmap(result.similarity, order, groups, class_names=result.class_names, title=line,
                                    max_pixels=heatmap.max_pixels, cmap=cmap, vmin=vmin, vmax=vmax,
-                                   max_names=heatmap.max_names)  # fmt: skip
+                                   max_names=heatmap.max_names, coarse_groups=coarse)  # fmt: skip
         out.pictures[src.name] = picture
         image = out.images[src.name] = picture.image
         prefix = "" if src is primary else f"{src.tag}/"
@@ -171,6 +177,9 @@ def _panel(path: str, result: StructureResult, image: np.ndarray, values: np.nda
         table_columns=list(StructureResult.GROUP_COLUMNS),
         table_rows=result.group_rows(),
         histogram=values,
+        pair_columns=list(StructureResult.PAIR_COLUMNS),
+        pair_rows=result.pair_rows(),
+        pairs_markdown=result.pairs_markdown(),
     )
 
 

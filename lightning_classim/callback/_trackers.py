@@ -3,13 +3,13 @@
 Each logs through the logger's public API where it has one (``log_metrics`` applies the logger's own ``prefix`` and
 step key); pictures, tables and text go where the tracker shows them:
 
-| tracker | pictures | group table | run parameters |
+| tracker | pictures | group and pairs tables | run parameters |
 | --- | --- | --- | --- |
 | TensorBoard | ``add_image`` at the step | ``add_text`` (markdown) | ``log_hyperparams`` |
 | Weights & Biases | ``wandb.Image`` | ``wandb.Table`` (and a ``wandb.Histogram``) | ``log_hyperparams`` (config) |
 | MLflow | ``log_image(key, step)`` (step slider) | ``log_table`` JSON, markdown | params; the files as artifacts |
 | Comet | ``log_image(step)`` | ``log_table`` CSV, ``log_text`` | ``log_hyperparams`` |
-| DVCLive | ``log_image`` per epoch | markdown text file | ``log_hyperparams`` |
+| DVCLive | ``log_image`` per epoch | markdown text file (both tables) | ``log_hyperparams`` |
 
 TensorBoard and MLflow images are logged past ``log_metrics``, so they take the logger's ``prefix`` (stored by
 Lightning's loggers as ``_prefix``) to match the scalars.
@@ -45,6 +45,7 @@ def _tensorboard(logger: Any, log: EpochLog) -> bool:
         if panel.image is not None:
             writer.add_image(prefix + log.tag(panel, "heatmap"), panel.image, log.step, dataformats="HWC")
         writer.add_text(prefix + log.tag(panel, "groups"), panel.markdown, log.step)
+        writer.add_text(prefix + log.tag(panel, "pairs"), panel.pairs_markdown, log.step)
         if panel.histogram is not None and panel.histogram.size:
             writer.add_histogram(prefix + log.tag(panel, "similarity"), panel.histogram, log.step)
     logger.log_metrics(log.tagged_scalars(), log.step)
@@ -60,6 +61,7 @@ def _wandb(logger: Any, log: EpochLog) -> bool:
         if panel.image is not None:
             data[log.tag(panel, "heatmap")] = wandb.Image(panel.image, caption=f"epoch {log.epoch}")
         data[log.tag(panel, "groups")] = wandb.Table(columns=list(panel.table_columns), data=list(panel.table_rows))
+        data[log.tag(panel, "pairs")] = wandb.Table(columns=list(panel.pair_columns), data=list(panel.pair_rows))
         if panel.histogram is not None and panel.histogram.size:
             data[log.tag(panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
     logger.log_metrics(data, log.step)  # one W&B step; the logger applies its prefix and step key
@@ -76,6 +78,10 @@ def _mlflow(logger: Any, log: EpochLog) -> bool:
         where = prefix + log.tag(panel, "groups")
         client.log_table(run_id, data=_columns(panel), artifact_file=f"{where}/epoch={log.epoch:04d}.json")
         client.log_text(run_id, panel.markdown, artifact_file=f"{where}/epoch={log.epoch:04d}.md")
+        pairs = {name: [row[i] for row in panel.pair_rows] for i, name in enumerate(panel.pair_columns)}
+        client.log_table(
+            run_id, data=pairs, artifact_file=f"{prefix}{log.tag(panel, 'pairs')}/epoch={log.epoch:04d}.json"
+        )
     logger.log_metrics(log.tagged_scalars(), log.step)
     for folder in log.folders:  # the epoch's files, as the command line reads them
         client.log_artifacts(run_id, str(folder), artifact_path=f"{prefix}{log.prefix}/files/{_relative(folder)}")
@@ -98,6 +104,10 @@ def _comet(logger: Any, log: EpochLog) -> bool:
         experiment.log_table(f"{table.replace('/', '_')}_epoch={log.epoch:04d}.csv", tabular_data=panel.table_rows,
                              headers=list(panel.table_columns))  # fmt: skip
         experiment.log_text(panel.markdown, step=log.step, metadata={"tag": table, "epoch": log.epoch})
+        pairs = prefix + log.tag(panel, "pairs")
+        if panel.pair_rows:  # Comet refuses an empty table
+            experiment.log_table(f"{pairs.replace('/', '_')}_epoch={log.epoch:04d}.csv",
+                                 tabular_data=panel.pair_rows, headers=list(panel.pair_columns))  # fmt: skip
     logger.log_metrics(log.tagged_scalars(), log.step)
     return True
 

@@ -142,7 +142,9 @@ def split_groups(
     """Dense off-diagonal blocks.
 
     Sub-blocks (of a finer cut of the tree) in different groups that are about as similar to each other as the
-    classes within their own groups are.
+    classes within their own groups are: their mean similarity at least ``ratio`` of the groups' mean cohesion, and
+    at least ``ratio`` of the way from the mean similarity of their two groups to it (sibling groups of one coarse
+    level, alike as a whole, are nested blocks, not a split).
     """
     k = int(labels.max()) + 1
     k_fine = split_fine_k(k, labels.shape[0])
@@ -156,6 +158,11 @@ def split_groups(
     between = sums / np.maximum(sizes[:, None] * sizes[None, :], 1)
     group_cohesion = cohesion[parent]
     own = 0.5 * (group_cohesion[:, None] + group_cohesion[None, :])
+    indicator = np.zeros((k, n_fine))
+    indicator[parent, np.arange(n_fine)] = 1.0
+    group_sizes = indicator @ sizes
+    groups_between = (indicator @ sums @ indicator.T) / np.maximum(np.outer(group_sizes, group_sizes), 1)
+    base = groups_between[parent][:, parent]  # the mean similarity of the two sub-blocks' groups
     with np.errstate(invalid="ignore"):
         ok = (
             (parent[:, None] != parent[None, :])
@@ -164,6 +171,7 @@ def split_groups(
             & (own > 0)
             & (between > 0)
             & (between >= ratio * own)
+            & (between >= base + ratio * (own - base))
         )
     ok = np.triu(ok, 1)
     found = [(between[p, q] / own[p, q], p, q, between[p, q], own[p, q]) for p, q in zip(*np.nonzero(ok))]

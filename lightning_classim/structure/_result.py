@@ -47,6 +47,16 @@ def _fmt(value: float) -> str:
     return "" if not math.isfinite(value) else f"{value:.2f}"
 
 
+def _group_line(g: GroupSummary, max_members: int, bold: bool = False) -> str:
+    """The cells of a group's row after its first cell: group, size, cohesion, separation, nearest, members."""
+    shown = ", ".join(md_escape(n) for n in g.names[:max_members])
+    if g.size > max_members:
+        shown += f", ... (+{g.size - max_members})"
+    nearest = "" if g.nearest is None else f"{g.nearest} ({g.nearest_similarity:.2f})"
+    group = "" if bold else str(g.group)
+    return f"| {group} | {g.size} | {_fmt(g.cohesion)} | {_fmt(g.separation)} | {nearest} | {shown} |"
+
+
 def md_escape(text: str) -> str:
     """A name safe in a markdown table cell: ``|`` escaped, line breaks as spaces."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
@@ -323,6 +333,21 @@ class StructureResult:
         top = max(self.silhouettes)
         return best_k(self.silhouettes) == top and top < self.num_classes - 1
 
+    def outlined_cuts(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """The two cuts a picture outlines and the group table nests: ``(coarse, fine)`` group labels.
+
+        ``fine`` is :attr:`groups` and ``coarse`` the coarsest level with fewer groups; when no level is coarser,
+        ``coarse`` is :attr:`groups` and ``fine`` the next finer level; without one, ``coarse`` is ``None``. Cuts of
+        one monotone tree nest: each fine group lies inside one coarse group.
+        """
+        coarser = [level for level in self.levels if level.n_groups < self.n_groups]
+        if coarser:
+            return coarser[0].groups, self.groups
+        finer = [level for level in self.levels if level.n_groups > self.n_groups]
+        if finer:
+            return self.groups, finer[0].groups
+        return None, self.groups
+
     # ------------------------------------------------------------------------------------------ one shape
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -400,33 +425,89 @@ class StructureResult:
     # ------------------------------------------------------------------------------------------ tables
 
     def group_rows(self, max_members: int = 15) -> list[list[Any]]:
-        """The group table, one row per group: group, size, cohesion, separation, nearest group, members.
+        """The group table, one row per group: group, coarse group, size, cohesion, separation, nearest group, members.
 
         Members are the first ``max_members`` names, then ``... (+n)``; NaN is ``None``.
         """
+        coarse, fine = self.outlined_cuts()
+        nested = coarse is not None and fine is self.groups
         rows = []
         for g in self.summary:
             shown = ", ".join(g.names[:max_members])
             if g.size > max_members:
                 shown += f", ... (+{g.size - max_members})"
-            rows.append([g.group, g.size, json_float(g.cohesion), json_float(g.separation), g.nearest, shown])
+            parent = int(coarse[g.members[0]]) if nested and coarse is not None and g.members else None
+            rows.append([g.group, parent, g.size, json_float(g.cohesion), json_float(g.separation), g.nearest, shown])
         return rows
 
-    #: The columns of :meth:`group_rows`.
-    GROUP_COLUMNS = ("group", "size", "cohesion", "separation", "nearest", "members")
+    #: The columns of :meth:`group_rows` (``coarse``: the group of the coarsest level with fewer groups, or None).
+    GROUP_COLUMNS = ("group", "coarse", "size", "cohesion", "separation", "nearest", "members")
+
+    def _summaries_of(self, labels: np.ndarray) -> tuple[GroupSummary, ...]:
+        """The summaries of a cut: :attr:`summary` for :attr:`groups`, else the level's."""
+        if labels is self.groups:
+            return self.summary
+        return next(level.summary for level in self.levels if level.groups is labels)
+
+    def pair_rows(self) -> list[list[Any]]:
+        """The pairs table, one row per pair: kind, class, other class (empty for a hub), score, similarity."""
+        return [[p.kind.replace("_", " "), p.a, p.b, json_float(p.score), json_float(p.similarity)] for p in self.pairs]
+
+    #: The columns of :meth:`pair_rows`.
+    PAIR_COLUMNS = ("kind", "class", "with", "score", "similarity")
+
+    def pairs_markdown(self) -> str:
+        """The pairs worth a look as a markdown table ("No pair stands out." without any)."""
+        if not self.pairs:
+            return "No pair stands out."
+        lines = [
+            "Pairs worth a look:",
+            "",
+            "| kind | class | with | score | similarity |",
+            "| --- | --- | --- | ---: | ---: |",
+        ]
+        for p in self.pairs:
+            lines.append(f"| {p.kind.replace('_', ' ')} | {md_escape(p.a)} | {md_escape(p.b)} | "
+                         f"{_fmt(p.score)} | {_fmt(p.similarity)} |")  # fmt: skip
+        return "\n".join(lines)
+
+    def levels_line(self) -> str:
+        """One line that names the levels, coarse to fine, and the cut the groups are (empty without levels)."""
+        if not self.levels:
+            return ""
+        shown = " > ".join(f"{level.n_groups} groups" for level in self.levels)
+        kind = "distinct height gaps" if all(level.distinct for level in self.levels) else "reading levels"
+        if any(level.distinct for level in self.levels) and not all(level.distinct for level in self.levels):
+            kind = "distinct and reading levels"
+        line = f"Levels: {shown} ({kind}); the groups below are the cut into {self.n_groups}."
+        silhouettes = [level.silhouette for level in self.levels if math.isfinite(level.silhouette)]
+        if not any(level.distinct for level in self.levels) and silhouettes and max(silhouettes) < 0.1:
+            line += " No level stands out and every silhouette is below 0.1: the blocks are weak."
+        return line
 
     def summary_markdown(self, max_members: int = 15) -> str:
-        """The group summary as a markdown table (for TensorBoard's text plugin and reports)."""
-        lines = [
-            "| group | size | cohesion | separation | nearest group | members |",
-            "| ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        for g in self.summary:
-            shown = ", ".join(md_escape(n) for n in g.names[:max_members])
-            if g.size > max_members:
-                shown += f", ... (+{g.size - max_members})"
-            nearest = "" if g.nearest is None else f"{g.nearest} ({g.nearest_similarity:.2f})"
-            lines.append(f"| {g.group} | {g.size} | {_fmt(g.cohesion)} | {_fmt(g.separation)} | {nearest} | {shown} |")
+        """The group summary as markdown (for TensorBoard's text plugin and reports).
+
+        The levels line; the group table, each group of the fine cut under its coarse group (see
+        :meth:`outlined_cuts`); split and failed groups; the pairs worth a look; notes.
+        """
+        lines = []
+        if self.levels:
+            lines += [self.levels_line(), ""]
+        coarse, fine = self.outlined_cuts()
+        if coarse is None:
+            lines += ["| group | size | cohesion | separation | nearest group | members |",
+                      "| ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+            lines += [_group_line(g, max_members) for g in self.summary]
+        else:
+            coarse_summary, fine_summary = self._summaries_of(coarse), self._summaries_of(fine)
+            lines += ["| coarse | group | size | cohesion | separation | nearest group | members |",
+                      "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+            for c in coarse_summary:
+                lines.append(f"| **{c.group}** {_group_line(c, max_members, bold=True)}")
+                by_group = {g.group: g for g in fine_summary}
+                inside = sorted({int(fine[i]) for i in c.members})
+                lines += [f"| {_group_line(by_group[f], max_members)}" for f in inside]
         names = self.class_names
         for s in self.split_groups:
             a, b = ([md_escape(names[i]) for i in part[:max_members]] for part in s.members)
@@ -439,6 +520,8 @@ class StructureResult:
             lines.append(
                 f"\nFailed group over groups {list(f.groups)} (similarity {f.similarity:.2f}): {', '.join(shown_names)}"
             )
+        if self.pairs:
+            lines += ["", self.pairs_markdown()]
         lines.extend(f"\nNote: {md_escape(note)}" for note in self.notes)
         if self.choice_at_max_groups:
             lines.append(

@@ -12,12 +12,15 @@ import json
 import sys
 
 DEMO_DESCRIPTION = (
-    "Train a small classifier on generated data with a known class hierarchy (8 superclasses x 6 subclasses) and "
-    "log its class-similarity structure to TensorBoard."
+    "Train a small classifier on generated data with a known class hierarchy (48 classes: 8 superclasses of 2 "
+    "subclasses, one near-duplicate pair planted) and log its class-similarity structure to TensorBoard, epoch by "
+    "epoch; then print what the last epoch shows against the known hierarchy."
 )
 
 EXAMPLES = {
-    "demo": "example:\n  classim demo --out classim_demo --epochs 12",
+    "demo": (
+        "examples:\n  classim demo --out classim_demo --epochs 12\n  classim demo --picture docs/demo_structure.png"
+    ),
     "report": (
         "examples:\n  classim report lightning_logs/version_0/classim\n  classim report classim_demo --out report/"
     ),
@@ -48,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["demo"], formatter_class=raw)  # fmt: skip
     p.add_argument("--out", default="classim_demo", help="TensorBoard log folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=2, help="random seed (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--picture", help="also write the structure forming (four epochs side by side) to this PNG file")
     p = sub.add_parser("report", help="report of one run: metrics, heatmaps, group changes",
                        description="Write a report of one run: the structure scalars over epochs, the heatmaps of all "
                        "epochs in the last epoch's order (grid and animated GIF), the classes that changed group, "
@@ -126,7 +130,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         if args.epochs < 1:
             parser.error(f"--epochs must be at least 1, got {args.epochs}")
-        return demo.run_cli(args.out, args.epochs, args.seed, progress=not args.no_progress)
+        return demo.run_cli(args.out, args.epochs, args.seed, progress=not args.no_progress, picture=args.picture)
     if args.command == "report":
         folder = write_report(args.run, args.out)
         print(f"report written to {folder}:")

@@ -293,6 +293,9 @@ def test_taxonomy_agreement_labels_levels_and_tree(planted):
     ref = np.corrcoef(cophenet(z), squareform(tax, checks=False))[0, 1]
     by_levels = taxonomy_agreement(z, [top, sub])
     assert by_levels["taxonomy_tree_corr"] == pytest.approx(ref)
+    # each finer level against the tree cut into as many groups (scipy's fcluster, sklearn's ARI)
+    assert by_levels["taxonomy_ari/level2"] == pytest.approx(adjusted_rand_score(sub, fcluster(z, 9, "maxclust")))
+    assert by_levels["taxonomy_ari/level2"] == 1.0 and "taxonomy_ari/level2" not in res.metrics
     tree: dict = {}
     for i, (t, s) in enumerate(zip(top, sub)):
         tree.setdefault(f"T{t}", {}).setdefault(f"S{s}", []).append(names[i])

@@ -1,10 +1,14 @@
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy.cluster.hierarchy import fcluster
+from sklearn.metrics import adjusted_rand_score
 
 from lightning_classim.artifacts import list_snapshots, load_snapshot
 from lightning_classim.datasets import read_mulan
@@ -77,19 +81,46 @@ def test_plain_lightning_example(tmp_path):
 
 
 @pytest.mark.slow
-def test_classim_demo_console_script(tmp_path):
+def test_classim_demo_shows_the_planted_structure_and_the_readme_says_what_it_measured(tmp_path):
+    # the demo as a user runs it (default seed, 12 epochs): the structure forms (blurred first epoch), the last
+    # epoch's coarse level is the superclasses and its fine level the subclasses, the planted near duplicate is
+    # listed; references from sklearn on the files the run wrote
+    picture = tmp_path / "structure.png"
     proc = subprocess.run(
-        ["classim", "demo", "--out", str(tmp_path), "--epochs", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        ["classim", "demo", "--out", str(tmp_path / "run"), "--no-progress", "--picture", str(picture)],
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"tensorboard --logdir {tmp_path} --samples_per_plugin images=1000" in proc.stdout
-    assert len(list(tmp_path.rglob("heatmap.png"))) == 2
+    assert f"tensorboard --logdir {tmp_path / 'run'} --samples_per_plugin images=1000" in proc.stdout
+    folders = sorted((p.parent for p in (tmp_path / "run").rglob("summary.json")), key=lambda p: p.name)
+    assert len(folders) == 12
+    names = json.loads((folders[-1] / "class_names.json").read_text())
+    supers = [n.split("/")[0] for n in names]
+    subs = [n.rsplit("/", 1)[0] for n in names]
+    first = json.loads((folders[0] / "summary.json").read_text())
+    last = json.loads((folders[-1] / "summary.json").read_text())
+    first_groups = fcluster(np.load(folders[0] / "linkage.npy"), 8, "maxclust")
+    assert adjusted_rand_score(supers, first_groups) < 0.3  # blurred
+    assert first["metrics"]["taxonomy_ari"] == pytest.approx(adjusted_rand_score(supers, first_groups))
+    coarse, fine = last["levels"]
+    assert (coarse["n_groups"], fine["n_groups"]) == (8, 16)
+    assert adjusted_rand_score(supers, coarse["groups"]) >= 0.9 and adjusted_rand_score(subs, fine["groups"]) >= 0.9
+    assert {(p["kind"], p["a"], p["b"]) for p in last["pairs"]} >= {
+        ("near_duplicate", "furniture/seat/sofa", "furniture/seat/couch")
+    }
+    assert "pair worth a look (near duplicate): furniture/seat/sofa furniture/seat/couch" in proc.stdout
+    assert Image.open(picture).size[0] > 4 * 200  # four epochs side by side
+    # the README's caption states these figures (two decimals), for the picture this command writes
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    caption = readme[readme.index("![The demo's structure forming]") :].split("\n\n")[1]
+    aris = [first["metrics"]["taxonomy_ari"], last["metrics"]["taxonomy_ari"]]
+    for value in [*aris, adjusted_rand_score(supers, coarse["groups"]), adjusted_rand_score(subs, fine["groups"])]:
+        assert f"{value:.2f}" in caption, (value, caption)
 
 
 def test_command_line_usage():
     ok = subprocess.run([sys.executable, "-m", "lightning_classim", "demo", "--help"], capture_output=True, text=True)
-    assert ok.returncode == 0 and "example:\n  classim demo --out" in ok.stdout
+    assert ok.returncode == 0 and "examples:\n  classim demo --out" in ok.stdout
     assert subprocess.run([sys.executable, "-m", "lightning_classim", "--help"], capture_output=True).returncode == 0
     none = subprocess.run([sys.executable, "-m", "lightning_classim"], capture_output=True, text=True)
     assert none.returncode == 2

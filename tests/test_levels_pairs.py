@@ -97,24 +97,24 @@ def test_levels_in_the_table_summary_json_and_back():
 
 
 def test_reading_levels_of_a_smoothly_decaying_tree_follow_the_documented_rule():
-    # low-rank scores without planted blocks: no gap stands out; a coarse and a fine reading level are the cuts of
-    # highest score in their bands (2..max(4, sqrt(m)/2) and 2 * coarse..max_groups)
+    # low-rank scores without planted blocks: no gap stands out; the reading levels are the two highest peaks of the
+    # score among the cuts into 2..max_groups groups (a peak: higher than every cut within a factor of 1.5 in k)
     rng = np.random.default_rng(0)
     m = 300
     x = rng.standard_normal((2000, 12)) @ rng.standard_normal((12, m)) + 2.0 * rng.standard_normal((2000, m))
     sim = np.corrcoef(x, rowvar=False)
     res = analyze(sim, find_failed=False)
     z = scipy_tree(sim)
-    scores = scores_of_cuts(z, min(m // 2, 4 * 30))
-    assert len(res.levels) == 2 and not any(level.distinct for level in res.levels)
-    coarse, fine = res.levels
-    coarse_top = max(4, int(math.sqrt(m) / 2))
-    assert coarse.n_groups == max(range(2, coarse_top + 1), key=scores.get)
-    fine_band = [k for k in range(2 * coarse.n_groups, 31) if not coarse.n_groups / 1.5 <= k <= coarse.n_groups * 1.5]
-    assert fine.n_groups == max(fine_band, key=scores.get)
+    scores = {k: v for k, v in scores_of_cuts(z, min(m // 2, 4 * 30)).items() if k <= 30}
+    peaks = [k for k in scores if scores[k] >= 2 and all(scores[k] > scores[c] for c in scores
+                                                         if c != k and k / 1.5 <= c <= k * 1.5)]  # fmt: skip
+    expected = sorted(sorted(peaks, key=scores.get)[-2:])
+    assert len(expected) == 2 and not any(level.distinct for level in res.levels)
+    assert [level.n_groups for level in res.levels] == expected
     for level in res.levels:
         assert adjusted_rand_score(fcluster(z, level.n_groups, "maxclust"), level.groups) == 1.0
-    assert res.n_groups == fine.n_groups  # without a distinct level, the fine reading level is the primary cut
+        assert level.score == pytest.approx(scores[level.n_groups])
+    assert res.n_groups == expected[1]  # without a distinct level, the fine reading level is the primary cut
     old = analyze(sim, find_failed=False, primary="silhouette")
     assert old.n_groups == max(old.silhouettes, key=old.silhouettes.get)
 

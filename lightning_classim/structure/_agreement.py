@@ -7,6 +7,7 @@ with the primary one, a run against its reference and ``classim compare`` all us
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,8 +145,18 @@ def taxonomy_agreement(
 
     Returns:
         ``taxonomy_ari``: adjusted Rand index between the tree cut into as many groups as the taxonomy's top level
-        has, and that top level; ``taxonomy_tree_corr``: Pearson correlation between the tree's cophenetic
-        distances and the taxonomy's tree distances (the number of levels below the deepest common ancestor).
+        has, and that top level; with more levels, ``taxonomy_ari/level2``, ``taxonomy_ari/level3``, ... the same
+        for each finer level; ``taxonomy_tree_corr``: Pearson correlation between the tree's cophenetic distances
+        and the taxonomy's tree distances (the number of levels below the deepest common ancestor).
+
+    Example:
+        >>> import numpy as np
+        >>> from scipy.cluster.hierarchy import linkage
+        >>> points = np.array([0.0, 0.1, 1.0, 1.1, 10.0, 10.1, 11.0, 11.1])[:, None]
+        >>> tax = [["a"] * 4 + ["b"] * 4, ["a1", "a1", "a2", "a2", "b1", "b1", "b2", "b2"]]
+        >>> out = taxonomy_agreement(linkage(points, "complete"), tax)
+        >>> out["taxonomy_ari"], out["taxonomy_ari/level2"]
+        (1.0, 1.0)
     """
     m = linkage.shape[0] + 1
     names = list(class_names) if class_names is not None else [str(i) for i in range(m)]
@@ -153,10 +164,15 @@ def taxonomy_agreement(
     top = levels[0]
     k = int(top.max()) + 1
     ari = adjusted_rand_index(cut_maxclust(linkage, k), top) if k >= 2 else float("nan")
+    out = {"taxonomy_ari": ari}
+    for depth, level in enumerate(levels[1:], start=2):
+        n = int(level.max()) + 1
+        out[f"taxonomy_ari/level{depth}"] = adjusted_rand_index(cut_maxclust(linkage, n), level) if n >= 2 else math.nan
     coph = cophenet(linkage)
     tax = np.zeros_like(coph)
     for level in levels:
         lab = level.astype(np.float64)
         differ = np.abs(condensed(lab[:, None] - lab[None, :]))
         tax += differ > 0
-    return {"taxonomy_ari": ari, "taxonomy_tree_corr": pearson(coph, tax)}
+    out["taxonomy_tree_corr"] = pearson(coph, tax)
+    return out

@@ -12,10 +12,11 @@ depend on the silhouette, whose curve is often flat on real data.
    ``k``, the widest is kept; at most ``MAX_LEVELS`` (4). Planted superclasses of subclasses give exactly their two
    levels; matrices of noise give one in about 30 (``benchmarks/study_levels.py``).
 2. **Reading levels.** Real classifiers seldom have such gaps: their trees decay smoothly and the silhouette falls
-   with ``k`` (it picks 2 groups on Delicious, Bibtex and Enron). When fewer than two levels are distinct, the cuts
-   that stand out most (highest score, at least ``READING_SCORE``, 2) in a coarse band, ``2 .. max(4, sqrt(m) /
-   2)`` groups, and in a fine band, from twice the coarse level up to ``max_groups``, complete them: the blocks a
-   reader sees at two scales. Their ``distinct`` is ``False``.
+   with ``k`` (it picks 2 groups on Delicious, Bibtex and Enron). When fewer than two levels are distinct, the
+   highest peaks of the score among the cuts into at most ``max_groups`` groups complete them (a peak: a cut whose
+   score is above that of every such cut within a factor of 1.5 in ``k``, and at least ``READING_SCORE``, 2): the
+   cuts that stand out most among their neighbours, the blocks a reader sees at two scales. Their ``distinct`` is
+   ``False``.
 
 The **primary** level (the groups of ``result.groups`` when the number of groups is chosen automatically) is the
 distinct level with the highest score, or else the finest reading level, among those with at most ``max_groups``
@@ -26,8 +27,6 @@ groups (a cut there gives exactly them).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -79,35 +78,18 @@ def level_cuts(z: np.ndarray, max_groups: int | None = None) -> list[tuple[int, 
     for i in sorted(distinct, key=lambda i: -width[i]):  # widest first
         if not near(int(ks[i]), [int(ks[c]) for c in chosen]) and len(chosen) < MAX_LEVELS:
             chosen.append(i)
-    if len(chosen) < 2:
-        coarse_top = max(4, int(math.sqrt(m) / 2))
+    if len(chosen) < 2:  # reading levels: the highest peaks of the score up to max_groups
         fine_top = max(2, min(top, kmax))
-        chosen_ks = [int(ks[c]) for c in chosen]
-        coarse = min(chosen_ks) if chosen_ks else None
-        if coarse is None or coarse > coarse_top:  # a coarse reading level
-            band = [i for i in range(ks.size) if ks[i] <= min(coarse_top, fine_top) and not near(int(ks[i]), chosen_ks)]
-            if coarse is not None:
-                band = [i for i in band if 2 * ks[i] <= coarse]
-            pick = _best(band, score)
-            if pick is not None:
-                chosen.append(pick)
-                chosen_ks.append(int(ks[pick]))
-        if len(chosen) < 2:  # a fine reading level, at least twice as many groups as the coarsest
-            low = 2 * min(chosen_ks) if chosen_ks else 2
-            band = [i for i in range(ks.size) if low <= ks[i] <= fine_top and not near(int(ks[i]), chosen_ks)]
-            pick = _best(band, score)
-            if pick is not None:
-                chosen.append(pick)
+        inside = [i for i in range(ks.size) if ks[i] <= fine_top]
+        peaks = [i for i in inside if score[i] >= READING_SCORE
+                 and all(score[i] > score[j] for j in inside if j != i and near(int(ks[j]), [int(ks[i])]))]  # fmt: skip
+        for i in sorted(peaks, key=lambda i: -score[i]):
+            if len(chosen) >= 2:
+                break
+            if not near(int(ks[i]), [int(ks[c]) for c in chosen]):
+                chosen.append(i)
     out = [(int(ks[i]), float(middle[i]), float(score[i]), i in distinct) for i in chosen]
     return sorted(out)
-
-
-def _best(band: list[int], score: np.ndarray) -> int | None:
-    """The index in ``band`` with the highest score, if it reaches ``READING_SCORE``."""
-    if not band:
-        return None
-    best = max(band, key=lambda i: score[i])
-    return best if score[best] >= READING_SCORE else None
 
 
 def primary_level(levels: list[tuple[int, float, float, bool]], max_groups: int) -> int | None:

@@ -3,7 +3,7 @@
 No labels are needed: each kind is read off the similarity matrix and its groups.
 
 * **Near duplicates**: two classes that are each other's nearest class, and far nearer to each other than either is
-  to any third class: ``(1 - s_ij)`` at most a quarter (``NEAR_RATIO``) of the distance to the next nearest class of
+  to any third class: ``(1 - s_ij)`` at most 1 / ``NEAR_RATIO`` (2.5) of the distance to the next nearest class of
   either, and ``s_ij >= 0.5``. Score: that ratio (duplicate identities, twins, one class annotated under two names).
 * **Outliers off the diagonal blocks**: two classes in different groups whose residual (similarity minus the mean
   similarity of their two groups) stands out from the noise: at least the universal threshold ``sqrt(2 ln P)`` times
@@ -30,7 +30,7 @@ from lightning_classim.structure._result import Pair
 
 __all__ = ["LIMIT", "NEAR_RATIO", "find_pairs"]
 
-NEAR_RATIO = 4.0
+NEAR_RATIO = 2.5
 LIMIT = 10
 
 

@@ -248,3 +248,43 @@ def test_top_two_is_each_rows_two_largest_off_the_diagonal(backend):
     expected = np.argsort(-off, axis=1, kind="stable")[:, :2]
     np.testing.assert_array_equal(idx, expected)
     np.testing.assert_array_equal(val, np.take_along_axis(off, expected, axis=1))
+
+
+def test_report_follows_each_pair_over_the_epochs(tmp_path):
+    from lightning_classim.artifacts import write_run_info, write_snapshot
+    from lightning_classim.report import pair_history, write_report
+    from lightning_classim.runs import load_run
+
+    base, _, mid = nested_matrix()
+    names = [f"c{i}" for i in range(base.shape[0])]
+    ab = np.nonzero(mid == 4)[0][:2]  # a near duplicate from epoch 1 on
+    cd = np.nonzero(mid == 7)[0][:2]  # one in epochs 0 and 1 only
+    plants = {0: [cd], 1: [ab, cd], 2: [ab]}
+    write_run_info(tmp_path, {"num_classes": base.shape[0]})
+    for epoch, pairs in plants.items():
+        sim = base.copy()
+        for i, j in pairs:
+            sim[i, j] = sim[j, i] = 0.99
+        write_snapshot(tmp_path, epoch, 10 * epoch, analyze(sim, class_names=names), None)
+    history = {(e["a"], e["b"]): e for e in pair_history(load_run(tmp_path))}
+    a, b = sorted(names[i] for i in ab)
+    c, d = sorted(names[i] for i in cd)
+    key_ab = (a, b) if (a, b) in history else (b, a)
+    key_cd = (c, d) if (c, d) in history else (d, c)
+    assert history[key_ab]["epochs"] == [1, 2] and history[key_ab]["status"] == "persists"
+    assert history[key_cd]["epochs"] == [0, 1] and history[key_cd]["status"] == "gone"
+    assert next(iter(history)) == key_ab  # the last epoch's pairs first
+    folder = write_report(tmp_path, tmp_path / "report")
+    md = (folder / "report.md").read_text()
+    assert f"| near duplicate | {key_ab[0]} | {key_ab[1]} | persists | 1 | 2 | 2 |" in md
+    assert f"| near duplicate | {key_cd[0]} | {key_cd[1]} | gone | 0 | 1 | 2 |" in md
+    assert json.loads((folder / "pairs.json").read_text())[0]["status"] == "persists"
+    # a pair found only in the last epoch is new; one found again after a gap persists
+    ef = np.nonzero(mid == 1)[0][:2]
+    sim = base.copy()
+    for i, j in (ab, cd, ef):
+        sim[i, j] = sim[j, i] = 0.99
+    write_snapshot(tmp_path, 3, 30, analyze(sim, class_names=names), None)
+    again = {frozenset((e["a"], e["b"])): e["status"] for e in pair_history(load_run(tmp_path))}
+    assert again[frozenset(key_ab)] == again[frozenset(key_cd)] == "persists"
+    assert again[frozenset(names[i] for i in ef)] == "new"

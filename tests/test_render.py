@@ -84,6 +84,20 @@ def test_group_outlines_are_drawn_on_block_edges():
     assert not line[0, 5]  # no line across the off-diagonal block
 
 
+def test_two_levels_coarse_outlines_thick_and_fine_thin_in_a_lighter_shade():
+    mat = np.zeros((8, 8))
+    coarse, fine = [0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 2, 2, 3, 3]
+    img = render_heatmap(mat, groups=fine, coarse_groups=coarse, min_pixels=32, line_rgb=(0, 0, 0))  # 4 px a class
+    dark = np.all(img == (0, 0, 0), axis=-1)
+    light = np.all(img == (90, 90, 90), axis=-1)  # 45% of the way from the line colour to (200, 200, 200)
+    assert dark[0:2, 0:16].all() and dark[14:16, 0:16].all() and dark[0:16, 0:2].all()  # coarse: 2 px wide
+    assert dark[16:18, 16:32].all() and dark[30:32, 16:32].all()
+    assert not dark[2, 4] and light[7, 2:7].all() and light[8, 9:14].all()  # the fine edge between classes 1 and 2
+    assert not (dark | light)[4:6, 20:30].any()  # no line inside a fine block or across off-diagonal blocks
+    plain = render_heatmap(mat, groups=fine, min_pixels=32, line_rgb=(0, 0, 0))  # one level: thin in line_rgb
+    assert np.all(plain[7, 0:8] == 0) and not np.all(plain[1, 2:6] == 0)
+
+
 def test_nan_cells_are_grey_and_torch_input_works():
     mat = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])
     img = render_heatmap(mat, min_pixels=2)
@@ -154,6 +168,7 @@ def test_dendrogram_of_a_deep_chain_does_not_recurse():
         ({"matrix": np.ones((2, 3))}, r"`matrix` to be a square \(m, m\) matrix, but got shape \(2, 3\)"),
         ({"order": [0, 0, 1]}, r"`order` to be a permutation of range\(3\)"),
         ({"groups": [0, 1]}, r"`groups` to give one label per class \(3\), but got shape \(2,\)"),
+        ({"coarse_groups": [0, 1, 1, 1]}, r"`coarse_groups` to give one label per class \(3\), but got shape \(4,\)"),
         ({"vmin": 1.0, "vmax": 1.0}, r"`vmax` > `vmin`, but got vmin=1.0 and vmax=1.0"),
         ({"max_pixels": 8}, r"`max_pixels` to be an int of at least 16, but got 8"),
         ({"cmap": "nope"}, r"`cmap` to be a matplotlib colormap name, but got 'nope'"),

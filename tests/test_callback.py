@@ -123,7 +123,8 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
     assert pairs.startswith(("Pairs worth a look:", "No pair stands out."))
     assert "classim/similarity" in tags["histograms"]
     assert len(acc.Histograms("classim/similarity")) == 3
-    for key in ("n_groups", "cophenetic_corr", "within_minus_between", "offdiag_skew", "taxonomy_ari", "drift"):
+    for key in ("n_groups", "cophenetic_corr", "within_minus_between", "offdiag_skew", "taxonomy_ari", "drift",
+                "n_levels", "pairs/near_duplicate", "pairs/outlier", "pairs/hub"):  # fmt: skip
         assert f"classim/{key}" in tags["scalars"], key
     assert len(acc.Scalars("classim/drift")) == 2  # from the second analysed epoch on
 

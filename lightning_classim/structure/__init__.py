@@ -7,7 +7,9 @@ gives the same output), and works up to tens of thousands of classes.
 The modules, one step each:
 
 * ``_tree``: the matrix check, distances, the linkage tree, its leaf order and flat cuts;
-* ``_silhouette``: the mean silhouette of every cut, for the automatic number of groups;
+* ``_silhouette``: the mean silhouette of every cut;
+* ``_levels``: the nested cuts worth reading (levels), coarse to fine, and the primary one;
+* ``_pairs``: the pairs of classes worth a look (near duplicates, outliers off the blocks, hubs);
 * ``_groups``: sums over groups, group summaries, split groups;
 * ``_failed``: the failed-group search;
 * ``_agreement``: agreement between two structures, and with a known taxonomy;
@@ -21,8 +23,9 @@ Choices worth knowing:
 * Distance. ``distance="correlation"`` uses ``1 - r``; for the methods that assume Euclidean distances (ward,
   centroid, median) it uses ``sqrt(2 (1 - r))``, which is Euclidean for correlations. ``distance="rows"`` is the
   seed notebook's choice: the Euclidean distance between the rows of the matrix.
-* Automatic number of groups: the cut of the tree into ``k`` groups, ``k`` in ``2..max_groups``, with the best
-  mean silhouette (computed on at most 1,000 evenly spaced classes for large ``m``). Ties go to the smaller ``k``.
+* Automatic number of groups: the primary level of the tree (see ``_levels``), or, without one (or with
+  ``primary="silhouette"``), the cut into ``k`` groups, ``k`` in ``2..max_groups``, with the best mean silhouette
+  (computed on at most 1,000 evenly spaced classes for large ``m``; ties go to the smaller ``k``).
 * Group labels run ``0..k-1`` in the order in which the groups appear along the leaf order, so group 0 is the
   first block of the heatmap.
 """
@@ -31,12 +34,22 @@ from lightning_classim._stats import adjusted_rand_index
 from lightning_classim.options import StructureOptions
 from lightning_classim.structure._agreement import agreement, check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._analyze import analyze, notes_not_warned
-from lightning_classim.structure._result import FailedGroup, GroupSummary, SplitGroup, StructureResult, md_escape
+from lightning_classim.structure._result import (
+    FailedGroup,
+    GroupSummary,
+    Level,
+    Pair,
+    SplitGroup,
+    StructureResult,
+    md_escape,
+)
 from lightning_classim.structure._tree import align_order, as_similarity_matrix, check_linkage
 
 __all__ = [
     "FailedGroup",
     "GroupSummary",
+    "Level",
+    "Pair",
     "SplitGroup",
     "StructureOptions",
     "StructureResult",

@@ -148,26 +148,18 @@ def analyze(
     cohesions = np.array([g.cohesion for g in summary])
     split = split_groups(block_sums, cuts, labels, cohesions, opts.split_ratio, limit=10)
     levels = []
-    coarse: tuple[np.ndarray, float, float] | None = None  # the coarsest level with fewer groups than the cut
     for i, (n, height, score, distinct, silhouette) in enumerate(found, start=1):
         cut = relabel_by_order(cuts.into(n), leaf) if relabel else cuts.into(n)
-        level_summary, level_within, level_between = summaries(block_sums, cut, leaf, names)
+        level_summary = summaries(block_sums, cut, leaf, names)[0]
         levels.append(Level(n, cut, level_summary, silhouette, height, score, distinct))
         metrics[f"level{i}/n_groups"] = float(n)
         metrics[f"level{i}/silhouette"] = silhouette
-        if coarse is None and 2 <= n < k:
-            coarse = (cut, level_within, level_between)
     metrics["n_levels"] = float(len(levels))
     failed: tuple[FailedGroup, ...] = ()
     blocks = block_sums.blocks(labels)
     if opts.find_failed and k >= 2:
-        # against the coarse level when there is one: fine groups nested in one coarse group are not scattered
-        against, within, between = coarse if coarse is not None else (labels, mean_within, mean_between)
-        failed = failed_groups(sim, against, blocks if coarse is None else block_sums.blocks(against), within,
-                               between, opts.failed_ratio, opts.failed_membership, opts.seed, limit=10)  # fmt: skip
-        if coarse is not None:  # name the groups of the cut that the members sit in
-            failed = tuple(FailedGroup(f.members, tuple(sorted({int(labels[i]) for i in f.members})), f.similarity)
-                           for f in failed)  # fmt: skip
+        failed = failed_groups(sim, labels, blocks, mean_within, mean_between, opts.failed_ratio,
+                               opts.failed_membership, opts.seed, limit=10)  # fmt: skip
     row_sums = block_sums.rows.sum(axis=0) if block_sums.rows is not None else sim.sum(axis=1)
     pairs = find_pairs(sim, names, labels, blocks, row_sums, opts.seed)
     for kind in ("near_duplicate", "outlier", "hub"):

@@ -8,11 +8,12 @@ No labels are needed: each kind is read off the similarity matrix and its groups
 * **Outliers off the diagonal blocks**: two classes in different groups whose residual (similarity minus the mean
   similarity of their two groups) stands out from the noise: at least the universal threshold ``sqrt(2 ln P)`` times
   the residuals' robust spread (1.4826 times their median absolute deviation), as the failed-group search measures it,
-  and alike in earnest: a similarity at least half the mean within-group similarity of their two groups. Score: the
-  residual in spreads (a class mistaken for another group's).
+  and alike in earnest: a positive similarity, at least a quarter of the mean within-group similarity of their two
+  groups. Score: the residual in spreads (a class mistaken for another group's). Pairs with a hub are left out: a
+  hub is alike to all.
 * **Hubs**: a class whose mean similarity to all the others stands out from the classes' mean similarities, by at
-  least ``max(4, sqrt(2 ln m))`` robust spreads (a catch-all class, an over-predicted one: the paper's star and flame
-  patterns). Score: that robust z.
+  least ``max(4, sqrt(2 ln m))`` robust spreads and by ``HUB_MIN_GAP`` (0.1) (a catch-all class, an over-predicted
+  one: the paper's star and flame patterns). Score: that robust z.
 
 At most ``LIMIT`` (10) of each kind are kept, the highest scores first.
 """
@@ -28,9 +29,11 @@ from lightning_classim.structure._backend import ops
 from lightning_classim.structure._failed import cross_residuals
 from lightning_classim.structure._result import Pair
 
-__all__ = ["LIMIT", "NEAR_RATIO", "find_pairs"]
+__all__ = ["HUB_MIN_GAP", "LIMIT", "NEAR_RATIO", "find_pairs"]
 
 NEAR_RATIO = 2.5
+#: A hub's mean similarity to the others is at least this far above the median class's.
+HUB_MIN_GAP = 0.1
 LIMIT = 10
 
 
@@ -55,9 +58,14 @@ def near_duplicates(sim: np.ndarray, names: Sequence[str]) -> list[Pair]:
 
 
 def outliers(
-    sim: np.ndarray, labels: np.ndarray, block_mean: np.ndarray, names: Sequence[str], seed: int
+    sim: np.ndarray,
+    labels: np.ndarray,
+    block_mean: np.ndarray,
+    names: Sequence[str],
+    seed: int,
+    skip: frozenset[int] = frozenset(),
 ) -> list[Pair]:
-    """Pairs in different groups whose residual stands out from the residuals' noise."""
+    """Pairs in different groups whose residual stands out from the residuals' noise (none with a class in ``skip``)."""
     m = sim.shape[0]
     if block_mean.shape[0] < 2 or m < 4:
         return []
@@ -66,12 +74,18 @@ def outliers(
     if not spread > 0:
         return []
     cut = spread * math.sqrt(2.0 * math.log(m * (m - 1) / 2))
-    rows, cols, vals, count, _ = ops().residual_pairs(sim, labels, block_mean, cut, 64 * LIMIT)
-    if count > rows.shape[0]:  # more stand out than were kept: keep the highest of a raised cut
-        top = np.sort(vals)[-LIMIT]
-        rows, cols, vals, _, _ = ops().residual_pairs(sim, labels, block_mean, float(top), 64 * LIMIT)
+    cap = 64 * LIMIT
+    rows, cols, vals, count, top = ops().residual_pairs(sim, labels, block_mean, cut, cap)
+    for _ in range(60):  # more stand out than were kept: raise the cut halfway to the largest until all are kept
+        if count <= cap or not top > cut:
+            break
+        cut = (cut + top) / 2
+        rows, cols, vals, count, top = ops().residual_pairs(sim, labels, block_mean, cut, cap)
     within = np.diagonal(block_mean)
-    alike = sim[rows, cols] >= 0.5 * (within[labels[rows]] + within[labels[cols]]) / 2
+    pair_sim = sim[rows, cols]
+    alike = (pair_sim > 0) & (pair_sim >= 0.25 * (within[labels[rows]] + within[labels[cols]]) / 2)
+    if skip:
+        alike &= ~np.isin(rows, list(skip)) & ~np.isin(cols, list(skip))
     rows, cols, vals = rows[alike], cols[alike], vals[alike]
     best = np.argsort(-vals, kind="stable")[:LIMIT]
     return [Pair("outlier", names[int(rows[t])], names[int(cols[t])], int(rows[t]), int(cols[t]),
@@ -89,7 +103,7 @@ def hubs(row_sums: np.ndarray, diag: np.ndarray, names: Sequence[str]) -> list[P
         return []
     z = (means - np.median(means)) / spread
     threshold = max(4.0, math.sqrt(2.0 * math.log(m)))
-    found = np.nonzero(z >= threshold)[0]
+    found = np.nonzero((z >= threshold) & (means - np.median(means) >= HUB_MIN_GAP))[0]
     found = found[np.argsort(-z[found], kind="stable")][:LIMIT]
     return [Pair("hub", names[i], "", int(i), -1, float(z[i]), float(means[i])) for i in found.tolist()]
 
@@ -105,6 +119,7 @@ def find_pairs(
     """Near duplicates, then outliers, then hubs (each kind highest score first)."""
     sums, sizes, _ = block_sums
     block_mean = sums / np.outer(sizes, sizes)
-    found = near_duplicates(sim, names) + outliers(sim, labels, block_mean, names, seed)
-    found += hubs(row_sums, np.diagonal(sim), names)
-    return tuple(found)
+    hub_pairs = hubs(row_sums, np.diagonal(sim), names)
+    central = frozenset(p.i for p in hub_pairs)  # a hub is alike to everyone: its pairs are not outliers
+    off_blocks = outliers(sim, labels, block_mean, names, seed, skip=central)
+    return tuple(near_duplicates(sim, names) + off_blocks + hub_pairs)

@@ -1,4 +1,4 @@
-"""The ``classim`` command line (also ``python -m lightning_classim``): ``demo``, ``report``, ``compare``, ``export``.
+"""The ``classim`` command line (``python -m lightning_classim``): demo, report, explore, compare, export.
 
 Exit codes: 0 on success, 2 on bad usage (argparse), 1 when a run cannot be used (a missing folder, an empty
 run, corrupt files, runs with different class counts); then one line says why, with no traceback. Nothing that
@@ -27,7 +27,12 @@ EXAMPLES = {
     "compare": (
         "examples:\n  classim compare runs/a/classim runs/b/classim\n"
         "  classim compare runs/a runs/b runs/c --epoch 9 --png compare.png\n"
-        "  classim compare runs/a runs/b --json > compare.json"
+        "  classim compare runs/a runs/b --json > compare.json\n"
+        "  classim compare runs/a runs/b --html a_vs_b.html"
+    ),
+    "explore": (
+        "examples:\n  classim explore lightning_logs/version_0/classim        # -> <run>/explorer.html\n"
+        "  classim explore runs/a --out a.html"
     ),
     "export": (
         "examples:\n  classim export runs/a/classim --format newick > tree.nwk\n"
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and exports of the runs that ClassSimilarityCallback wrote to disk.",
         epilog="Run `classim <command> --help` for the options and examples of a command.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,report,compare,export}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,report,explore,compare,export}")
     sub.required = True
     p = sub.add_parser("demo", help="train a small model and log its structure", description=DEMO_DESCRIPTION,
                        epilog=EXAMPLES["demo"], formatter_class=raw)  # fmt: skip
@@ -60,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the final group summary.", epilog=EXAMPLES["report"], formatter_class=raw)  # fmt: skip
     p.add_argument("run", help="a run folder (the callback's save_dir), or a folder holding exactly one")
     p.add_argument("--out", help="report folder (default: <run>/report)")
+    p = sub.add_parser("explore", help="the interactive explorer of a run, as one HTML file",
+                       description="Write the interactive class-similarity explorer of a run: one self-contained "
+                       "HTML file (no network) with the heatmap to zoom down to single cells, the names and r of the "
+                       "cell under the pointer, each class's nearest classes and groups, the levels, the pairs worth "
+                       "a look, split and failed groups, orderings, and a slider over the epochs.",
+                       epilog=EXAMPLES["explore"], formatter_class=raw)  # fmt: skip
+    p.add_argument("run", help="a run folder (the callback's save_dir), or a folder holding exactly one")
+    p.add_argument("--out", help="HTML file (default: <run>/explorer.html)")
     p = sub.add_parser("compare", help="agreement between the structures of runs",
                        description="Compare runs' class structures, each against the first: correlation of the "
                        "matrices, adjusted Rand index of the groups, correlation of the trees' cophenetic distances, "
@@ -70,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--png", help="also write the heatmaps side by side, in the first run's order, to this PNG file")
     p.add_argument("--neighbours", type=int, default=5, help="nearest neighbours compared per class")
+    p.add_argument("--html", help="also write the explorer of the first two runs in one order, with a difference "
+                   "view, to this HTML file")  # fmt: skip
     p = sub.add_parser("export", help="the learned class hierarchy as JSON or Newick",
                        description="Export a run's learned class hierarchy (the linkage tree, class names as "
                        "leaves) as JSON or Newick.", epilog=EXAMPLES["export"], formatter_class=raw)  # fmt: skip
@@ -97,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", RunWarning)
             warnings.showwarning = say  # type: ignore[assignment]
             return _run(args, parser)
-    except RunError as err:
+    except (RunError, ValueError) as err:  # a run that cannot be used, or runs that cannot go together
         print(f"classim {args.command}: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an output path that is a file, a full disk, ...
@@ -137,6 +152,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for name in ("report.md", "metrics.png", "heatmaps.png", "evolution.gif", "changes.json", "report.json"):
             print(f"  {folder / name}")
         return 0
+    if args.command == "explore":
+        from lightning_classim.explorer import write_explorer
+
+        path = write_explorer(args.run, args.out)
+        print(f"explorer written to {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+        return 0
     if args.command == "compare":
         if len(args.runs) < 2:
             parser.error("compare needs two runs or more")
@@ -144,6 +165,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--neighbours must be at least 1, got {args.neighbours}")
         report = compare_runs(args.runs, epoch=args.epoch, out=args.png, neighbours=args.neighbours)
         print(json.dumps(report, indent=1) if args.json else compare_table(report))
+        if args.html:
+            from pathlib import Path
+
+            from lightning_classim.explorer import compare_html
+
+            target = Path(args.html)
+            target.write_text(compare_html(args.runs[0], args.runs[1], args.epoch), encoding="utf-8")
+            print(f"explorer of {args.runs[0]} and {args.runs[1]} written to {target}", file=sys.stderr)
         return 0
     if args.command == "export":
         text = export_tree(args.run, args.format, args.epoch)

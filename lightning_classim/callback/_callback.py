@@ -78,6 +78,9 @@ class ClassSimilarityCallback(CallbackBase):
         heatmap: the heatmap's largest side and colormap (:class:`~lightning_classim.render.HeatmapOptions`).
         async_analysis: analyse, render and write on a worker thread so training goes on meanwhile (the loggers
             are called from the training thread, at its next step or at the end of fit).
+        explorer: write the epoch's interactive explorer (``explorer.html``, one self-contained page: see
+            :mod:`lightning_classim.explorer`) into its folder, and log it to W&B (``wandb.Html``), MLflow and Comet
+            (as a file); ``classim explore`` writes one over all epochs.
 
     Raises:
         ValueError: for bad arguments (at construction); for a bad environment (at ``setup``).
@@ -109,6 +112,7 @@ class ClassSimilarityCallback(CallbackBase):
         tag_prefix: str = "classim",
         heatmap: HeatmapOptions | None = None,
         async_analysis: bool = True,
+        explorer: bool = True,
     ) -> None:
         super().__init__()
         num_classes = check_args(num_classes, scores, nan_strategy, "zero")
@@ -142,6 +146,7 @@ class ClassSimilarityCallback(CallbackBase):
             self._reference = (check_order(reference, num_classes, "reference"), None)
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.async_analysis = check_bool("async_analysis", async_analysis)
+        self.explorer = check_bool("explorer", explorer)
         self._capture = Capture(num_classes, output_key, module, target_key)
         self._needs_scores = any(src.needs_scores for src in self.sources)
         self._needs_target = any(src.needs_target for src in self.sources)
@@ -270,11 +275,14 @@ class ClassSimilarityCallback(CallbackBase):
         self.save_dir.mkdir(parents=True, exist_ok=True)
         primary = self.sources[0]
         common = {"num_classes": self.num_classes, "class_names": self._names()}
+        taxonomy = None  # its levels as integer labels, coarsest first (the explorer's taxonomy order)
+        if self.taxonomy is not None:
+            taxonomy = [level.tolist() for level in check_taxonomy(self.taxonomy, self.num_classes, self._names())]
         write_run_info(self.save_dir, {
             **common, "scores": self.scores, "multilabel": self.multilabel, "tag_prefix": self.tag_prefix,
             "analysis": (primary.options or self.options).to_dict(),
             "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
-            "sources": [src.name for src in self.sources], "source": primary.name,
+            "sources": [src.name for src in self.sources], "source": primary.name, "taxonomy": taxonomy,
         })  # fmt: skip
         for src in self.sources[1:]:
             write_run_info(self.save_dir / "sources" / src.tag, {
@@ -446,10 +454,29 @@ class ClassSimilarityCallback(CallbackBase):
             folders = write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined)
         except OSError as err:  # a full disk: nothing partial stays, the loggers still get the epoch
             error = f"{type(err).__name__}: {err}"
+        if self.explorer and folders:
+            try:
+                self._write_explorer(folders[0], epoch, step, analysis.results[self.sources[0].name], prefix)
+            except Exception as err:  # never lose the epoch for its explorer (a full disk, ...)
+                error = f"explorer: {type(err).__name__}: {err}"
         self.analysis_s.append(time.perf_counter() - start)
         return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes,
                         prefix=prefix, suffix=stream.suffix, write_error=error, stage=stream.stage,
                         dataloader_idx=stream.index, folders=folders)  # fmt: skip
+
+    def _write_explorer(self, folder: Path, epoch: int, step: int, result: StructureResult, prefix: str) -> Path:
+        """The epoch's explorer page, beside its files."""
+        from lightning_classim.explorer import ExplorerEpoch, explorer_html
+
+        taxonomy = None
+        if self.taxonomy is not None:
+            taxonomy = [level.tolist() for level in check_taxonomy(self.taxonomy, self.num_classes, self._names())]
+        reference = None if self._reference is None else self._reference[0].tolist()
+        page = explorer_html([ExplorerEpoch(epoch, step, result)], title=f"{prefix}, epoch {epoch}",
+                             taxonomy=taxonomy, reference_order=reference)  # fmt: skip
+        path = folder / "explorer.html"
+        path.write_text(page, encoding="utf-8")
+        return path
 
     # ------------------------------------------------------------------------------------------ logging
 

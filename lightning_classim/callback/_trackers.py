@@ -9,6 +9,9 @@ step key); pictures, tables and text go where the tracker shows them:
 | Weights & Biases | ``wandb.Image`` | ``wandb.Table`` (and a ``wandb.Histogram``) | ``log_hyperparams`` (config) |
 | MLflow | ``log_image(key, step)`` (step slider) | ``log_table`` JSON, markdown | params; the files as artifacts |
 | Comet | ``log_image(step)`` | ``log_table`` CSV, ``log_text`` | ``log_hyperparams`` |
+
+The epoch's explorer page (``explorer.html``) goes to W&B as ``wandb.Html``, to MLflow among the epoch's files
+(artifacts) and to Comet as an asset; TensorBoard shows it in the plugin's "Class similarity" tab.
 | DVCLive | ``log_image`` per epoch | markdown text file (both tables) | ``log_hyperparams`` |
 
 TensorBoard and MLflow images are logged past ``log_metrics``, so they take the logger's ``prefix`` (stored by
@@ -64,6 +67,9 @@ def _wandb(logger: Any, log: EpochLog) -> bool:
         data[log.tag(panel, "pairs")] = wandb.Table(columns=list(panel.pair_columns), data=list(panel.pair_rows))
         if panel.histogram is not None and panel.histogram.size:
             data[log.tag(panel, "similarity")] = wandb.Histogram(panel.histogram.tolist())
+    page = _explorer(log)
+    if page is not None:
+        data[f"{log.prefix}/explorer{log.suffix}"] = wandb.Html(page.read_text(encoding="utf-8"), inject=False)
     logger.log_metrics(data, log.step)  # one W&B step; the logger applies its prefix and step key
     return True
 
@@ -88,6 +94,14 @@ def _mlflow(logger: Any, log: EpochLog) -> bool:
     return True
 
 
+def _explorer(log: EpochLog) -> Path | None:
+    """The epoch's explorer page, when the callback wrote one."""
+    if not log.folders:
+        return None
+    page = log.folders[0] / "explorer.html"
+    return page if page.is_file() else None
+
+
 def _relative(folder: Path) -> str:
     """``epoch=0003-step=000120``, or ``sources/<tag>/epoch=...`` for another source's folder."""
     parts = folder.parts
@@ -105,6 +119,9 @@ def _comet(logger: Any, log: EpochLog) -> bool:
                              headers=list(panel.table_columns))  # fmt: skip
         experiment.log_text(panel.markdown, step=log.step, metadata={"tag": table, "epoch": log.epoch})
         pairs = prefix + log.tag(panel, "pairs")
+        if panel.path == "" and (page := _explorer(log)) is not None:
+            experiment.log_asset(str(page), file_name=f"{table.replace('/', '_').replace('groups', 'explorer')}"
+                                 f"_epoch={log.epoch:04d}.html", step=log.step)  # fmt: skip
         if panel.pair_rows:  # Comet refuses an empty table
             experiment.log_table(f"{pairs.replace('/', '_')}_epoch={log.epoch:04d}.csv",
                                  tabular_data=panel.pair_rows, headers=list(panel.pair_columns))  # fmt: skip

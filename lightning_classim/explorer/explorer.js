@@ -65,7 +65,7 @@
   }
 
   // value at display positions (p, q): {value, approximate}
-  function valueAt(p, q) {
+  function valueAt(p, q, coarse) {
     const i = ord[p], j = ord[q];
     if (DATA.full) {
       const a = r(cur.full[i * M + j]);
@@ -73,7 +73,7 @@
       const b = r(compareFull[i * M + j]);
       return { value: S.view === "other" ? b : b - a, approximate: false };
     }
-    if (S.epoch === E - 1 && detail) {
+    if (S.epoch === E - 1 && detail && !coarse) {
       const w = detail.band, d = q - p;
       if (d >= -w && d <= w) return { value: r(detail.cells[p * (2 * w + 1) + d + w]), approximate: false };
       const k = detail.k;
@@ -178,7 +178,7 @@
             }
           }
           v = n ? sum / n : NaN;
-        } else v = valueAt(p0, q0).value;
+        } else v = valueAt(p0, q0, sc < 1).value;
         colour(v, data, 4 * (y * w + x));
       }
     }
@@ -256,6 +256,16 @@
           const p = pos[i], s = Math.max(4, S.scale);
           ctx.fillRect(X(p + 0.5) - s / 2, Y(p + 0.5) - s / 2, s, s);
         }
+      }
+    }
+    if (S.scale >= 10) { // names of the rows in view, along the left edge
+      ctx.font = `${Math.min(12, Math.floor(S.scale * 0.8))}px system-ui, sans-serif`;
+      ctx.textBaseline = "middle";
+      const first = Math.max(0, Math.floor(S.y0)), last = Math.min(M, Math.ceil(S.y0 + canvas.height / S.scale));
+      for (let p = first; p < last; p++) {
+        const name = NAMES[ord[p]], y = Y(p + 0.5), w = ctx.measureText(name).width;
+        ctx.fillStyle = "rgba(255,255,255,0.78)"; ctx.fillRect(2, y - S.scale * 0.42, w + 6, S.scale * 0.84);
+        ctx.fillStyle = "#111"; ctx.fillText(name, 5, y);
       }
     }
     if (S.sel >= 0) {

@@ -84,8 +84,10 @@ def main() -> None:
             rng = np.random.default_rng(1)
             cells = rng.integers(0, m, (2000, 2))
             order = epochs[-1].result.order
-            script = ("return arguments[0].map(([i, j]) => { const c = classim.cell(i, j); "
-                      "return [c.value, c.approximate]; })")
+            script = (
+                "return arguments[0].map(([i, j]) => { const c = classim.cell(i, j); "
+                "return [c.value, c.approximate]; })"
+            )
             got = driver.execute_script(script, cells.tolist())
             truth = sims[-1][order[cells[:, 0]], order[cells[:, 1]]]
             exact = np.array([not a for _, a in got])

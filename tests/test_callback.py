@@ -137,6 +137,9 @@ def test_fit_logs_to_tensorboard_wandb_csv_and_disk(tmp_path, monkeypatch):
     assert len(tables) == 3
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["group", "coarse", "size", "cohesion", "separation", "nearest", "members"]
+    pages = sorted((media / "html" / "classim").glob("explorer_*.html"))  # the explorer as wandb.Html, each epoch
+    assert len(pages) == 3 and 'id="classim-data"' in pages[-1].read_text()
+    assert all((s / "explorer.html").is_file() for s in list_snapshots(cb.save_dir))
     pair_tables = list((media / "table" / "classim").glob("pairs_*.table.json"))
     assert len(pair_tables) == 3
     assert json.loads(pair_tables[0].read_text())["columns"] == ["kind", "class", "with", "score", "similarity"]
@@ -173,12 +176,15 @@ def test_validate_alone_and_module_hook(tmp_path):
 
     pl.seed_everything(0)
     net = LossOnly(in_dim=16, num_classes=M, hidden=32)
-    cb = ClassSimilarityCallback(M, module="fc", save_dir=tmp_path / "out", async_analysis=False)
+    cb = ClassSimilarityCallback(M, module="fc", save_dir=tmp_path / "out", async_analysis=False, explorer=False)
     trainer(tmp_path, [cb], logger=False).validate(net, val, verbose=False)
     snaps = list_snapshots(tmp_path / "out")
     assert len(snaps) == 1
     ref = np.corrcoef(logits_of(net, val), rowvar=False)
     np.testing.assert_allclose(load_snapshot(snaps[0]).result.similarity, ref, atol=1e-5)
+    assert not (snaps[0] / "explorer.html").exists()  # explorer=False: no page
+    with pytest.raises(ValueError, match=r"`explorer` to be True or False, but got 'no'"):
+        ClassSimilarityCallback(M, explorer="no")
 
 
 @pytest.mark.slow

@@ -148,10 +148,12 @@ def test_hovering_a_cell_shows_its_two_names_and_r(tmp_path, driver):
     load(driver, write_explorer(tmp_path / "run").as_uri())
     result = load_snapshot(snaps[-1]).result
     canvas = driver.find_element(By.ID, "classim-canvas")
-    view = driver.execute_script("return {scale: classim.view.scale, x0: classim.view.x0, y0: classim.view.y0}")
+    view = driver.execute_script("return {scale: classim.view.scale, x0: classim.view.x0, y0: classim.view.y0, "
+                                 "gutter: classim.view.gutter}")  # fmt: skip
     width, height = canvas.size["width"], canvas.size["height"]
     for p, q in [(5, 17), (30, 2), (12, 12)]:
-        x, y = (q + 0.5 - view["x0"]) * view["scale"], (p + 0.5 - view["y0"]) * view["scale"]
+        x = view["gutter"] + (q + 0.5 - view["x0"]) * view["scale"]  # right of the row names' gutter
+        y = (p + 0.5 - view["y0"]) * view["scale"]
         ActionChains(driver).move_to_element_with_offset(canvas, int(x - width / 2), int(y - height / 2)).perform()
         tip = driver.find_element(By.ID, "classim-tip").get_attribute("textContent")
         i, j = result.order[p], result.order[q]

@@ -152,6 +152,8 @@ def test_mlflow_images_with_steps_tables_params_and_files(tmp_path):
     assert "classim/pairs/epoch=0001.json" in everything
     last = f"classim/files/{snaps[-1].name}"
     assert {f"{last}/similarity.npy", f"{last}/summary.json", f"{last}/heatmap.png"} <= set(everything)
+    page = Path(client.download_artifacts(logger.run_id, f"{last}/explorer.html")).read_text()  # the explorer, as HTML
+    assert page.startswith("<!DOCTYPE html>") and 'id="classim-data"' in page
     table = json.loads(Path(client.download_artifacts(logger.run_id, "classim/groups/epoch=0001.json")).read_text())
     result = load_snapshot(snaps[-1]).result
     assert table["columns"][:3] == ["group", "coarse", "size"] and len(table["data"]) == result.n_groups
@@ -194,6 +196,8 @@ def test_comet_offline_archive_holds_images_tables_and_text(tmp_path):
         "classim_groups_epoch=0000.csv", "classim_groups_epoch=0001.csv"
     ]  # fmt: skip
     assert sum(u.get("type") == "text-sample" for u in uploads) == 2
+    pages = [u["fileName"] for u in uploads if str(u.get("fileName", "")).endswith(".html")]
+    assert pages == ["classim_explorer_epoch=0000.html", "classim_explorer_epoch=0001.html"]
     metrics = {m["payload"]["metric"]["metricName"] for m in messages if m["type"] == "metric_msg"}
     params = {m["payload"]["param"]["paramName"] for m in messages if m["type"] == "parameter_msg"}
     assert "classim/n_groups" in metrics and "classim/num_classes" in params

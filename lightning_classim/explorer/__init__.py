@@ -68,25 +68,30 @@ def _blob(array: np.ndarray) -> str:
 
 
 def _block_means(sim: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the matrix over ``blocks x blocks`` runs of classes along ``order``; and each block's first position."""
+    """Means of the matrix over ``blocks x blocks`` runs of classes along ``order``; and each block's first position.
+
+    Two ``np.add.reduceat`` passes over the rows and columns taken in ``order`` (NaN cells count as missing).
+    """
     m = sim.shape[0]
     edges = np.linspace(0, m, blocks + 1).round().astype(np.int64)
-    block_of = np.searchsorted(edges, np.arange(m), side="right") - 1  # block of each position
-    position = np.empty(m, dtype=np.int64)
-    position[order] = np.arange(m)
-    label = block_of[position]  # block of each class
-    from scipy.sparse import csr_matrix
-
-    indicator = csr_matrix((np.ones(m), (label, np.arange(m))), shape=(blocks, m))
-    sums = np.asarray(indicator @ (indicator @ np.nan_to_num(sim, nan=0.0)).T).T
-    sizes = np.bincount(label, minlength=blocks).astype(np.float64)
-    return sums / np.outer(sizes, sizes), edges[:-1]
+    starts = edges[:-1]
+    rows = sim[order]
+    finite = np.isfinite(rows)
+    if not finite.all():
+        counts = np.add.reduceat(np.add.reduceat(finite[:, order], starts, axis=0), starts, axis=1).astype(np.float64)
+        rows = np.where(finite, rows, 0)
+    else:
+        sizes = np.diff(edges).astype(np.float64)
+        counts = np.outer(sizes, sizes)
+    sums = np.add.reduceat(np.add.reduceat(rows, starts, axis=0, dtype=np.float64)[:, order], starts, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), starts
 
 
 def _band(sim: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
     """``(m, 2 width + 1)``: row ``p`` holds the cells from position ``p - width`` to ``p + width`` (tree order)."""
     m = sim.shape[0]
-    out = np.full((m, 2 * width + 1), np.nan)
+    out = np.full((m, 2 * width + 1), np.nan, dtype=np.float32)
     for d in range(-width, width + 1):
         lo, hi = max(0, -d), min(m, m - d)
         if hi > lo:
@@ -101,9 +106,9 @@ def _neighbours(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     m = sim.shape[0]
     k = min(k, m - 1)
     idx = np.empty((m, k), dtype=np.int64)
-    val = np.empty((m, k))
+    val = np.empty((m, k), dtype=np.float32)
     for lo in range(0, m, 1024):
-        rows = np.array(sim[lo : lo + 1024], dtype=np.float64)
+        rows = np.array(sim[lo : lo + 1024], dtype=np.float32)
         rows[np.arange(rows.shape[0]), np.arange(lo, lo + rows.shape[0])] = -np.inf
         rows = np.nan_to_num(rows, nan=-np.inf)
         part = np.argpartition(-rows, k - 1, axis=1)[:, :k] if k < m else np.argsort(-rows, axis=1)[:, :k]
@@ -198,7 +203,8 @@ def explorer_html(
     Example:
         >>> import numpy as np
         >>> from lightning_classim import analyze
-        >>> page = explorer_html([ExplorerEpoch(0, 10, analyze(np.eye(4) * 0.5 + 0.5))], title="four classes")
+        >>> sim = np.array([[1, 0.8, 0, 0], [0.8, 1, 0, 0], [0, 0, 1, 0.7], [0, 0, 0.7, 1]])
+        >>> page = explorer_html([ExplorerEpoch(0, 10, analyze(sim, n_groups=2))], title="four classes")
         >>> page.startswith("<!DOCTYPE html>") and "four classes" in page and "http" not in page.split("</style>")[1]
         True
     """
@@ -230,7 +236,7 @@ def explorer_html(
     }  # fmt: skip
     for e in epochs:
         entry = {"epoch": e.epoch, "step": e.step, **_structure(e.result)}
-        sim = np.asarray(e.result.similarity, dtype=np.float64)
+        sim = np.asarray(e.result.similarity)
         if full:
             entry["full"] = _blob(quantise(sim))
         else:
@@ -242,7 +248,7 @@ def explorer_html(
             }
         data["epochs"].append(entry)
     if not full:
-        sim = np.asarray(last.similarity, dtype=np.float64)
+        sim = np.asarray(last.similarity)
         width = min(band, m - 1)
         idx, val = _neighbours(sim, neighbours)
         data["detail"] = {

@@ -33,7 +33,7 @@
   };
 
   // ------------------------------------------------------------------ state
-  const S = { epoch: E - 1, order: "tree", view: "run", scale: 1, x0: 0, y0: 0, sel: -1,
+  const S = { epoch: E - 1, order: "tree", view: "run", scale: 1, x0: 0, y0: 0, sel: -1, gutter: 0,
               show: { levels: true, pairs: true, split: true, failed: true } };
   let ord = null; // class index at each position
   let pos = null; // position of each class
@@ -140,10 +140,21 @@
     S.scale = Math.min(canvas.width, canvas.height) / M;
     S.x0 = 0; S.y0 = 0;
   }
+  let nameWidth = 0;
+  function gutter() { // room for the row names on the left once they can be read
+    if (S.scale < 10) return 0;
+    if (!nameWidth) {
+      ctx.font = "12px system-ui, sans-serif";
+      for (let i = 0; i < M; i++) nameWidth = Math.max(nameWidth, ctx.measureText(NAMES[i]).width);
+      nameWidth = Math.min(260, nameWidth + 10);
+    }
+    return nameWidth;
+  }
   function clampView() {
     const minScale = Math.min(canvas.width, canvas.height) / M;
     S.scale = Math.min(Math.max(S.scale, minScale), 48);
-    const spanX = canvas.width / S.scale, spanY = canvas.height / S.scale;
+    S.gutter = gutter();
+    const spanX = (canvas.width - S.gutter) / S.scale, spanY = canvas.height / S.scale;
     S.x0 = Math.min(Math.max(S.x0, 0), Math.max(0, M - spanX));
     S.y0 = Math.min(Math.max(S.y0, 0), Math.max(0, M - spanY));
   }
@@ -156,10 +167,11 @@
   function draw() {
     size();
     clampView();
-    const w = canvas.width, h = canvas.height, sc = S.scale;
+    const w = canvas.width, h = canvas.height, sc = S.scale, g = Math.round(S.gutter);
     const img = ctx.createImageData(w, h);
     const data = img.data;
-    const cols = Math.min(w, Math.ceil((M - S.x0) * sc)), rows = Math.min(h, Math.ceil((M - S.y0) * sc));
+    for (let o = 0; o < data.length; o += 4) { data[o] = data[o + 1] = data[o + 2] = 255; data[o + 3] = 255; }
+    const cols = Math.min(w - g, Math.ceil((M - S.x0) * sc)), rows = Math.min(h, Math.ceil((M - S.y0) * sc));
     const step = sc >= 1 ? 1 : Math.ceil(1 / sc);
     const avg = DATA.full && sc < 1;
     for (let y = 0; y < rows; y++) {
@@ -179,7 +191,7 @@
           }
           v = n ? sum / n : NaN;
         } else v = valueAt(p0, q0, sc < 1).value;
-        colour(v, data, 4 * (y * w + x));
+        colour(v, data, 4 * (y * w + x + g));
       }
     }
     ctx.putImageData(img, 0, 0);
@@ -187,7 +199,7 @@
     epochLabel.textContent = ` ${epochData().epoch} (step ${epochData().step})` +
       (!DATA.full && S.epoch !== E - 1 ? ": block means only" : "");
   }
-  const X = (q) => (q - S.x0) * S.scale;
+  const X = (q) => S.gutter + (q - S.x0) * S.scale;
   const Y = (p) => (p - S.y0) * S.scale;
   function runs(labels) {
     const out = [];
@@ -258,15 +270,16 @@
         }
       }
     }
-    if (S.scale >= 10) { // names of the rows in view, along the left edge
+    if (S.gutter > 0) { // names of the rows in view, in the gutter on the left
+      ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, S.gutter, canvas.height);
       ctx.font = `${Math.min(12, Math.floor(S.scale * 0.8))}px system-ui, sans-serif`;
-      ctx.textBaseline = "middle";
+      ctx.textBaseline = "middle"; ctx.textAlign = "right";
       const first = Math.max(0, Math.floor(S.y0)), last = Math.min(M, Math.ceil(S.y0 + canvas.height / S.scale));
       for (let p = first; p < last; p++) {
-        const name = NAMES[ord[p]], y = Y(p + 0.5), w = ctx.measureText(name).width;
-        ctx.fillStyle = "rgba(255,255,255,0.78)"; ctx.fillRect(2, y - S.scale * 0.42, w + 6, S.scale * 0.84);
-        ctx.fillStyle = "#111"; ctx.fillText(name, 5, y);
+        ctx.fillStyle = ord[p] === S.sel ? "#0057b7" : "#111";
+        ctx.fillText(NAMES[ord[p]], S.gutter - 4, Y(p + 0.5), S.gutter - 6);
       }
+      ctx.textAlign = "left";
     }
     if (S.sel >= 0) {
       const p = pos[S.sel];
@@ -279,23 +292,24 @@
   // ------------------------------------------------------------------ interaction
   function zoom(factor, cx, cy) {
     cx = cx === undefined ? canvas.width / 2 : cx; cy = cy === undefined ? canvas.height / 2 : cy;
-    const qx = S.x0 + cx / S.scale, py = S.y0 + cy / S.scale;
+    const qx = S.x0 + (cx - S.gutter) / S.scale, py = S.y0 + cy / S.scale;
     S.scale *= factor;
     clampView();
-    S.x0 = qx - cx / S.scale; S.y0 = py - cy / S.scale;
+    S.x0 = qx - (cx - S.gutter) / S.scale; S.y0 = py - cy / S.scale;
     draw();
   }
   function at(ev) {
     const rect = canvas.getBoundingClientRect();
     const x = ev.clientX - rect.left, y = ev.clientY - rect.top;
-    return { x, y, p: Math.floor(S.y0 + y / S.scale), q: Math.floor(S.x0 + x / S.scale) };
+    const q = x < S.gutter ? -1 : Math.floor(S.x0 + (x - S.gutter) / S.scale);
+    return { x, y, p: Math.floor(S.y0 + y / S.scale), q };
   }
   canvas.addEventListener("wheel", (ev) => { ev.preventDefault(); const a = at(ev); zoom(ev.deltaY < 0 ? 1.25 : 0.8, a.x, a.y); },
     { passive: false });
   let drag = null;
   canvas.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, y: ev.clientY, x0: S.x0, y0: S.y0, moved: false }; });
   window.addEventListener("mouseup", (ev) => {
-    if (drag && !drag.moved && ev.target === canvas) { const a = at(ev); if (a.p >= 0 && a.p < M) selectIndex(ord[a.p]); }
+    if (drag && !drag.moved && ev.target === canvas) { const a = at(ev); if (a.p >= 0 && a.p < M && a.y / S.scale + S.y0 < M) selectIndex(ord[a.p]); }
     drag = null;
   });
   canvas.addEventListener("mousemove", (ev) => {
@@ -341,7 +355,8 @@
     S.scale = Math.min(canvas.width, canvas.height) / Math.max(span * 1.2, 12);
     clampView();
     const mid = (p0 + p1) / 2;
-    S.x0 = mid - canvas.width / S.scale / 2; S.y0 = mid - canvas.height / S.scale / 2;
+    clampView();
+    S.x0 = mid - (canvas.width - S.gutter) / S.scale / 2; S.y0 = mid - canvas.height / S.scale / 2;
     draw();
   }
   function nearest(i, k) {

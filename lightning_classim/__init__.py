@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 #: Where each public name lives (the lazy table; ``__all__`` lists the same names, tested).
 _EXPORTS = {
+    "ClassEmbeddings": "lightning_classim.head",
     "ClassSimilarity": "lightning_classim.metric",
     "ClassSimilarityCallback": "lightning_classim.callback",
     "ConfusionSource": "lightning_classim.sources",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "FailedGroup": "lightning_classim.structure",
     "FeaturesSource": "lightning_classim.sources",
     "GroupSummary": "lightning_classim.structure",
+    "HeadSimilarity": "lightning_classim.head",
     "HeatmapOptions": "lightning_classim.render",
     "Level": "lightning_classim.structure",
     "MetricSource": "lightning_classim.sources",
@@ -44,6 +46,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ClassEmbeddings",
     "ClassSimilarity",
     "ClassSimilarityCallback",
     "ConfusionSource",
@@ -51,6 +54,7 @@ __all__ = [
     "FailedGroup",
     "FeaturesSource",
     "GroupSummary",
+    "HeadSimilarity",
     "HeatmapOptions",
     "Level",
     "MetricSource",
@@ -81,6 +85,10 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from lightning_classim.functional import (
         class_similarity,
+    )
+    from lightning_classim.head import (
+        ClassEmbeddings,
+        HeadSimilarity,
     )
     from lightning_classim.metric import (
         ClassSimilarity,

@@ -27,7 +27,12 @@ from lightning_classim._streaming import (
 )
 from lightning_classim._validation import check_bool
 
-__all__ = ["ClassSimilarity"]
+__all__ = ["DENSE_MAX_CLASSES", "ClassSimilarity"]
+
+#: The dense state takes ``12 m^2`` bytes (the float64 state and the block): 19 GB at this many classes. Above it,
+#: :class:`ClassSimilarity` refuses, pointing to :class:`~lightning_classim.HeadSimilarity` for a linear head's
+#: logits.
+DENSE_MAX_CLASSES = 40_000
 
 
 class ClassSimilarity(Metric):
@@ -110,6 +115,13 @@ class ClassSimilarity(Metric):
     ) -> None:
         super().__init__(**kwargs)
         num_classes = check_args(num_classes, scores, nan_strategy, undefined)
+        if num_classes > DENSE_MAX_CLASSES:
+            raise ValueError(
+                f"Expected argument `num_classes` to be at most {DENSE_MAX_CLASSES:,} for the dense matrix, but got "
+                f"{num_classes:,}: its state would take {12 * num_classes**2 / 1e9:,.0f} GB. For the logits of a "
+                "linear head use `HeadSimilarity(num_features=D)` (exact, 8 D^2 bytes whatever the number of "
+                "classes); probabilities and ranks have no such route."
+            )
         self.num_classes = num_classes
         self.scores: ScoresType = scores
         self.multilabel = check_bool("multilabel", multilabel)

@@ -182,7 +182,8 @@ class OfflineComet:
 
 
 @pytest.mark.slow
-def test_comet_offline_archive_holds_images_tables_and_text(tmp_path):
+def test_comet_offline_archive_holds_images_tables_and_text(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the callback's files go under Lightning's log_dir for Comet, relative to here
     logger = OfflineComet.make(tmp_path / "comet")
     fit(L, tmp_path, logger)
     logger.experiment.end()

@@ -135,14 +135,21 @@
     const w = Math.max(50, view.clientWidth), h = Math.max(50, view.clientHeight);
     if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
   }
+  function fitScale() { // the whole matrix in view, beside the names' gutter when they show
+    const plain = Math.min(canvas.width, canvas.height) / M;
+    return plain < 10 ? plain : Math.max(10, Math.min((canvas.width - nameGutter()) / M, canvas.height / M));
+  }
   function fit() {
     size();
-    S.scale = Math.min(canvas.width, canvas.height) / M;
+    S.scale = fitScale();
     S.x0 = 0; S.y0 = 0;
   }
   let nameWidth = 0;
   function gutter() { // room for the row names on the left once they can be read
     if (S.scale < 10) return 0;
+    return nameGutter();
+  }
+  function nameGutter() {
     if (!nameWidth) {
       ctx.font = "12px system-ui, sans-serif";
       for (let i = 0; i < M; i++) nameWidth = Math.max(nameWidth, ctx.measureText(NAMES[i]).width);
@@ -151,8 +158,7 @@
     return nameWidth;
   }
   function clampView() {
-    const minScale = Math.min(canvas.width, canvas.height) / M;
-    S.scale = Math.min(Math.max(S.scale, minScale), 48);
+    S.scale = Math.min(Math.max(S.scale, fitScale()), 48);
     S.gutter = gutter();
     const spanX = (canvas.width - S.gutter) / S.scale, spanY = canvas.height / S.scale;
     S.x0 = Math.min(Math.max(S.x0, 0), Math.max(0, M - spanX));
@@ -165,6 +171,8 @@
     data[o] = c[0]; data[o + 1] = c[1]; data[o + 2] = c[2]; data[o + 3] = 255;
   }
   function draw() {
+    epochLabel.textContent = ` ${epochData().epoch} (step ${epochData().step})` +
+      (!DATA.full && S.epoch !== E - 1 ? ": block means only" : "");
     size();
     clampView();
     const w = canvas.width, h = canvas.height, sc = S.scale, g = Math.round(S.gutter);
@@ -196,8 +204,6 @@
     }
     ctx.putImageData(img, 0, 0);
     overlays();
-    epochLabel.textContent = ` ${epochData().epoch} (step ${epochData().step})` +
-      (!DATA.full && S.epoch !== E - 1 ? ": block means only" : "");
   }
   const X = (q) => S.gutter + (q - S.x0) * S.scale;
   const Y = (p) => (p - S.y0) * S.scale;
@@ -329,7 +335,10 @@
   });
   canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; });
   canvas.addEventListener("dblclick", () => { fit(); draw(); });
-  window.addEventListener("resize", () => draw());
+  let fitted = true; // keep the whole matrix in view when the layout changes, until the user zooms or pans
+  new ResizeObserver(() => { if (api.ready) { if (fitted) fit(); draw(); } }).observe(view);
+  canvas.addEventListener("wheel", () => { fitted = false; });
+  canvas.addEventListener("mousedown", () => { fitted = false; });
   slider.addEventListener("input", async () => { await loadEpoch(Number(slider.value)); sidebar(); draw(); });
   orderSelect.addEventListener("change", () => { setOrder(orderSelect.value); sidebar(); draw(); });
   search.addEventListener("input", () => {

@@ -113,8 +113,8 @@
   const view = el("div", { id: "classim-view" });
   const canvas = el("canvas", { id: "classim-canvas" });
   const tip = el("div", { id: "classim-tip" });
-  const bar = el("div", { id: "classim-bar" });
-  view.append(canvas, tip, bar);
+  const bar = el("span", { id: "classim-bar" });
+  view.append(canvas, tip);
   const search = el("input", { type: "search", id: "classim-search", placeholder: "find a class (part of its name)" });
   const found = el("ul", { id: "classim-found" });
   const selBox = el("div", { id: "classim-selection" }, el("p", { class: "note" }, "Click a row to select its class."));
@@ -125,10 +125,9 @@
   root.append(header, el("main", {}, view, aside));
   document.body.append(root);
   const ctx = canvas.getContext("2d");
-  // colour bar
-  bar.style.background = "linear-gradient(to top," + [0, 64, 128, 191, 255].map((t) => `rgb(${LUT[t].join(",")})`).join(",") + ")";
-  bar.append(Object.assign(el("span", {}, "1"), { style: "top:-6px" }), Object.assign(el("span", {}, "0"), { style: "top:62px" }),
-    Object.assign(el("span", {}, "-1"), { style: "bottom:-6px" }));
+  // the colour scale, in the header: -1 on the left, 1 on the right
+  bar.style.background = "linear-gradient(to right," + [0, 64, 128, 191, 255].map((t) => `rgb(${LUT[t].join(",")})`).join(",") + ")";
+  header.append(el("span", { class: "scale" }, "r: \u22121 ", bar, " 1"));
 
   // ------------------------------------------------------------------ drawing
   function size() {

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.cluster.hierarchy import cophenet
 
 from lightning_classim._stats import adjusted_rand_index, condensed, offdiag_pearson, pearson
+from lightning_classim.structure._embedded import gram_offdiag_corr
 from lightning_classim.structure._result import StructureResult
 from lightning_classim.structure._tree import cut_maxclust, positions
 
@@ -42,12 +43,31 @@ def agreement(a: StructureResult, b: StructureResult, trees: bool = True) -> dic
             f"Expected both analyses to cover the same classes, but got {a.num_classes} and {b.num_classes} classes."
         )
     out = {
-        "matrix_corr": offdiag_pearson(a.similarity, b.similarity),
+        "matrix_corr": matrix_corr(a, b),
         "group_ari": adjusted_rand_index(a.groups, b.groups),
     }
     if trees:
-        out["cophenetic_corr"] = pearson(cophenet(a.linkage), cophenet(b.linkage))
+        out["cophenetic_corr"] = (
+            pearson(cophenet(a.linkage), cophenet(b.linkage)) if a.num_classes <= TREE_CORR_MAX else float("nan")
+        )
     return out
+
+
+#: Above this many classes, the correlations of two trees' cophenetic distances (``m^2 / 2`` of them) are not
+#: computed (NaN).
+TREE_CORR_MAX = 20_000
+
+
+def matrix_corr(a: StructureResult, b: StructureResult) -> float:
+    """Pearson correlation of the off-diagonal values of two analyses' matrices (from their vectors when embedded)."""
+    if not a.embedded and not b.embedded:
+        return offdiag_pearson(a.similarity, b.similarity)
+    if a.embedded and b.embedded:
+        assert a.vectors is not None and b.vectors is not None
+        return gram_offdiag_corr(a.vectors, b.vectors)
+    if a.num_classes > TREE_CORR_MAX:
+        return float("nan")
+    return offdiag_pearson(a.matrix(), b.matrix())
 
 
 def compare_structures(current: StructureResult, previous: StructureResult) -> dict[str, float]:
@@ -147,7 +167,8 @@ def taxonomy_agreement(
         ``taxonomy_ari``: adjusted Rand index between the tree cut into as many groups as the taxonomy's top level
         has, and that top level; with more levels, ``taxonomy_ari/level2``, ``taxonomy_ari/level3``, ... the same
         for each finer level; ``taxonomy_tree_corr``: Pearson correlation between the tree's cophenetic distances
-        and the taxonomy's tree distances (the number of levels below the deepest common ancestor).
+        and the taxonomy's tree distances (the number of levels below the deepest common ancestor; NaN above 20,000
+        classes).
 
     Example:
         >>> import numpy as np
@@ -168,6 +189,9 @@ def taxonomy_agreement(
     for depth, level in enumerate(levels[1:], start=2):
         n = int(level.max()) + 1
         out[f"taxonomy_ari/level{depth}"] = adjusted_rand_index(cut_maxclust(linkage, n), level) if n >= 2 else math.nan
+    if m > TREE_CORR_MAX:
+        out["taxonomy_tree_corr"] = float("nan")
+        return out
     coph = cophenet(linkage)
     tax = np.zeros_like(coph)
     for level in levels:

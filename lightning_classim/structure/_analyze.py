@@ -15,6 +15,7 @@ from lightning_classim._validation import check_names, check_order
 from lightning_classim.options import StructureOptions, default_max_groups
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._backend import ops, square_matrix_steps
+from lightning_classim.structure._embedded import DENSE_MAX, embedded_analysis, unit_vectors
 from lightning_classim.structure._failed import failed_groups
 from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
 from lightning_classim.structure._levels import level_cuts, primary_level
@@ -102,6 +103,12 @@ def analyze(
         1
     """
     opts = _resolve(options, changes)
+    if _is_embeddings(similarity):
+        vectors = unit_vectors(similarity)
+        if vectors.shape[0] > DENSE_MAX:
+            return _analyze_embedded(vectors, opts, class_names, order, previous, taxonomy)
+        similarity = np.clip(vectors.astype(np.float64) @ vectors.T.astype(np.float64), -1.0, 1.0)
+        np.fill_diagonal(similarity, 1.0)
     sim = as_similarity_matrix(similarity)
     m = sim.shape[0]
     opts.check_for(m)
@@ -183,6 +190,61 @@ def analyze(
         metrics.update(compare_structures(result, previous))
     if taxonomy is not None:
         metrics.update(taxonomy_agreement(z, taxonomy, names))
+    return result
+
+
+def _is_embeddings(value: Any) -> bool:
+    """Class embeddings (``ClassEmbeddings``, or anything with ``vectors``) rather than a matrix."""
+    return hasattr(value, "vectors") and hasattr(value, "neighbours")
+
+
+def _analyze_embedded(
+    vectors: np.ndarray,
+    opts: StructureOptions,
+    class_names: Sequence[str] | None,
+    order: Any,
+    previous: StructureResult | None,
+    taxonomy: Any,
+) -> StructureResult:
+    """:func:`analyze` of class embeddings above ``DENSE_MAX`` classes (see ``_embedded``)."""
+    m = vectors.shape[0]
+    opts.check_for(m)
+    names = check_names(class_names, m)
+    if order is not None:
+        raise ValueError(
+            f"Expected no `order` for class embeddings above {DENSE_MAX} classes (the order comes from their tree), "
+            "but got one. Drop `order`."
+        )
+    if previous is not None and previous.num_classes != m:
+        raise ValueError(
+            f"Expected argument `previous` to be an analysis of the same {m} classes, but it has "
+            f"{previous.num_classes}. Drop `previous` when the classes change."
+        )
+    if taxonomy is not None:
+        check_taxonomy(taxonomy, m, names)
+    out = embedded_analysis(vectors, opts, names, previous.order if previous is not None else None)
+    if not _NOTES_QUIET.get():
+        for note in out["notes"]:
+            warnings.warn(note, UserWarning, stacklevel=3)
+    result = StructureResult(
+        similarity=np.zeros((0, 0), dtype=np.float32),
+        order=out["order"],
+        linkage=out["z"],
+        groups=out["labels"],
+        summary=out["summary"],
+        metrics=out["metrics"],
+        split_groups=out["split"],
+        class_names=tuple(names),
+        silhouettes=dict(sorted(out["scores"].items())),
+        notes=tuple(out["notes"]),
+        levels=out["levels"],
+        pairs=out["pairs"],
+        vectors=vectors,
+    )
+    if previous is not None:
+        result.metrics.update(compare_structures(result, previous))
+    if taxonomy is not None:
+        result.metrics.update(taxonomy_agreement(out["z"], taxonomy, names))
     return result
 
 

@@ -26,6 +26,7 @@ class BlockSums:
 
     def __init__(self, sim: np.ndarray, fine: np.ndarray | None = None) -> None:
         self.sim = sim
+        self.num_classes = int(sim.shape[0])
         self.diag = np.diagonal(sim)
         self.fine = fine
         self.rows: np.ndarray | None = None
@@ -34,6 +35,11 @@ class BlockSums:
             self.rows, self.fine_block = ops().cluster_rows(sim, fine, n_fine)
             self.fine_sizes = np.bincount(fine, minlength=n_fine).astype(np.float64)
             self.fine_diag = np.bincount(fine, weights=self.diag, minlength=n_fine)
+
+    def rows_at(self, idx: np.ndarray) -> np.ndarray:
+        """Sums of similarity of each fine cluster to the classes ``idx``, ``(n_fine, len(idx))``."""
+        assert self.rows is not None
+        return self.rows if idx.shape[0] == self.num_classes else self.rows[:, idx]
 
     def blocks(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Block sums ``(k, k)`` (diagonal included), group sizes and the sums of the diagonal per group."""
@@ -46,9 +52,13 @@ class BlockSums:
                 block = ops().aggregate_blocks(self.fine_block, parent, k)
                 sizes = np.bincount(parent, weights=self.fine_sizes, minlength=k)
                 return block, sizes, np.bincount(parent, weights=self.fine_diag, minlength=k)
-        _, block = ops().cluster_rows(self.sim, labels, k)
+        block = self._direct_blocks(labels, k)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
         return block, sizes, np.bincount(labels, weights=self.diag, minlength=k)
+
+    def _direct_blocks(self, labels: np.ndarray, k: int) -> np.ndarray:
+        """Block sums of a partition that does not nest in the fine one: one pass over the matrix."""
+        return ops().cluster_rows(self.sim, labels, k)[1]
 
 
 def tree_cross_sums(

@@ -296,6 +296,9 @@ class StructureResult:
         levels: the nested cuts of the tree worth reading, coarse to fine (see :func:`~lightning_classim.analyze`);
             empty when none stands out.
         pairs: the pairs of classes worth a look: near duplicates, outliers off the diagonal blocks, hubs.
+        vectors: for an analysis of class embeddings above 4,096 classes (see :func:`~lightning_classim.analyze`),
+            the ``(m, r)`` float32 unit class vectors whose dot products are the matrix; ``similarity`` is then
+            empty (``(0, 0)``): ask :meth:`matrix` for rows, :meth:`heatmap_matrix` for the picture.
     """
 
     similarity: np.ndarray
@@ -311,11 +314,56 @@ class StructureResult:
     notes: tuple[str, ...] = ()
     levels: tuple[Level, ...] = ()
     pairs: tuple[Pair, ...] = ()
+    vectors: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         """Number of classes ``m``."""
-        return int(self.similarity.shape[0])
+        return int(self.order.shape[0])
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the result holds class vectors instead of the ``m x m`` matrix (see :attr:`vectors`)."""
+        return self.vectors is not None and self.similarity.size == 0
+
+    def matrix(self, rows: Any = None) -> np.ndarray:
+        """The similarity matrix, or its ``rows`` (indices or a slice): ``(len(rows), m)`` float32, diagonal 1.
+
+        From :attr:`similarity`, or from :attr:`vectors` for an embedded result (``4 m`` bytes a row).
+        """
+        index = np.arange(self.num_classes)[rows if rows is not None else slice(None)]
+        if not self.embedded:
+            return np.asarray(self.similarity[index])
+        assert self.vectors is not None
+        out = np.clip(self.vectors[index] @ self.vectors.T, -1.0, 1.0)
+        out[np.arange(index.shape[0]), index] = 1.0
+        return out
+
+    def heatmap_matrix(self, max_pixels: int = 1024) -> np.ndarray:
+        """The matrix in leaf order, as the heatmap draws it: at most ``max_pixels`` a side.
+
+        Above ``max_pixels`` classes, the exact mean of each block of ``ceil(m / max_pixels)`` consecutive classes
+        along the order with each other block (the diagonal's 1s included), as
+        :func:`~lightning_classim.render.render_heatmap` averages; for an embedded result, from the blocks' sum vectors
+        (``O(m r)``, no ``m x m`` matrix).
+        """
+        m = self.num_classes
+        factor = -(-m // max(1, int(max_pixels)))
+        if not self.embedded:
+            if factor == 1:
+                return np.asarray(self.similarity[np.ix_(self.order, self.order)])
+            from lightning_classim.render import _block_mean
+
+            return _block_mean(np.asarray(self.similarity[np.ix_(self.order, self.order)]), factor)
+        assert self.vectors is not None
+        vec = self.vectors.astype(np.float64)[self.order]
+        p = -(-m // factor)
+        bins = np.arange(m) // factor
+        sums = np.add.reduceat(vec, np.arange(0, m, factor), axis=0)  # the bins are runs of `factor` classes
+        block = sums @ sums.T
+        block[np.diag_indices(p)] += np.bincount(bins, weights=1.0 - (vec * vec).sum(1), minlength=p)
+        sizes = np.bincount(bins, minlength=p).astype(np.float64)
+        return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0).astype(np.float32)
 
     @property
     def n_groups(self) -> int:

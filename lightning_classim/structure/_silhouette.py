@@ -31,15 +31,15 @@ def nested(sums: BlockSums, gaps: np.ndarray, z: np.ndarray, order: np.ndarray, 
     run of consecutive fine clusters along the leaf order; so the distance sums of a class to the groups of every
     cut are differences of one cumulative sum over the fine clusters. Same values as :func:`dense`.
     """
-    assert sums.fine is not None and sums.rows is not None
+    assert sums.fine is not None
     fine, sizes_f = sums.fine, sums.fine_sizes
     n_fine = sizes_f.shape[0]
-    rows = sample_rows(sums.sim.shape[0])
+    rows = sample_rows(sums.num_classes)
     # distance sums of each fine cluster to the sample classes (fine x rows): |c| - sum of similarities, without the
     # class itself; everything below is laid out with the sample classes along the last axis, so gathers copy rows
     n = rows.shape[0]
     cols = np.arange(n)
-    dfine = sizes_f[:, None] - (sums.rows if n == sums.sim.shape[0] else sums.rows[:, rows])
+    dfine = sizes_f[:, None] - sums.rows_at(rows)
     dfine[fine[rows], cols] -= 1.0 - sums.diag[rows]
     cum = np.zeros((n_fine + 1, n))
     np.cumsum(dfine, axis=0, out=cum[1:])

@@ -64,7 +64,7 @@ def test_the_tree_is_valid_monotone_and_its_cophenetic_sum_is_numpys():
     z, coph_dot_s, leaves = _embedded.embedded_tree(v, seed=0)
     assert is_valid_linkage(z) and is_monotonic(z) and z.shape == (899, 4)
     assert sorted(np.concatenate(leaves).tolist()) == list(range(900))
-    assert max(len(leaf) for leaf in leaves) <= _embedded.leaf_size_for(900)
+    assert max(len(leaf) for leaf in leaves) <= 4 * _embedded.leaf_size_for(900)
     s = dense_of(v)
     np.testing.assert_allclose(coph_dot_s, cophenet(z) @ squareform(s, checks=False), rtol=1e-9)
     # inside a leaf, the tree is scipy's average linkage of its classes: the same cophenetic distances
@@ -72,6 +72,17 @@ def test_the_tree_is_valid_monotone_and_its_cophenetic_sum_is_numpys():
     ref = linkage(np.maximum(1 - squareform(s[np.ix_(leaf, leaf)], checks=False), 0), "average")
     ours = squareform(cophenet(z))[np.ix_(leaf, leaf)]
     np.testing.assert_allclose(ours, squareform(cophenet(ref)), atol=1e-12)
+
+
+def test_a_leaf_of_two_unlike_sets_is_parted():
+    rng = np.random.default_rng(0)
+    a, b = np.eye(16)[0], np.eye(16)[1]
+    v = np.concatenate([a + 0.2 * rng.standard_normal((5, 16)), b + 0.2 * rng.standard_normal((4, 16))])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    x64 = torch.from_numpy(v)
+    parts = _embedded.split_mixed(x64, [np.arange(9)], split_height=0.8)
+    assert sorted(sorted(p.tolist()) for p in parts) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+    assert [p.tolist() for p in _embedded.split_mixed(x64, [np.arange(9)], split_height=1.5)] == [list(range(9))]
 
 
 def test_the_route_agrees_with_scipys_average_linkage_on_the_dense_matrix(big):

@@ -22,8 +22,8 @@ What is not the same as on the dense route, in words:
 
 * the off-diagonal **skew** is estimated from 200,000 pairs drawn at random (seeded; standard error about 0.005);
 * the **pairs worth a look** are found among each class's ``NEIGHBOURS`` (16) nearest classes: exactly up to
-  :data:`EXACT_NEIGHBOURS_MAX` classes, and above it among the members of the 32 leaves nearest to the class's own (an
-  outlier pair that is not among either class's 16 nearest is not found);
+  :data:`EXACT_NEIGHBOURS_MAX` classes, and above it among about 2,048 classes: those of the leaves nearest to the
+  class's own (an outlier pair that is not among either class's 16 nearest is not found);
 * **failed groups** are not searched (the search reads every pair's residual): a note says so, unless
   ``find_failed=False``;
 * the tree is always average linkage (another ``method`` gets a note saying so), on ``distance="correlation"``, without
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.cluster.hierarchy import cophenet
+from scipy.cluster.hierarchy import cophenet, fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 
 from lightning_classim._stats import condensed
@@ -57,13 +57,20 @@ DENSE_MAX = 4096
 #: Up to this many classes, the neighbours of every class are exact (all pairs, in blocks).
 EXACT_NEIGHBOURS_MAX = 20_000
 #: Parts per k-means split.
-BRANCH = 16
+BRANCH = 128
+#: Rounds of k-means over all leaves after the splits, and the leaves each class chooses among.
+REFINE_ROUNDS = 20
+REFINE_PROBES = 32
 #: At most about this many leaves (the tree above them is built on a ``leaves x leaves`` matrix).
 MAX_LEAVES = 4096
+#: A leaf is parted where its own tree joins classes whose mean similarity is below the off-diagonal mean plus this
+#: many standard deviations: sets of classes no more alike than two classes drawn at random are not kept together.
+MIXED_SD = 2.0
 #: Neighbours per class searched for the pairs worth a look.
 NEIGHBOURS = 16
-#: Leaves probed for a class's neighbours above ``EXACT_NEIGHBOURS_MAX``.
-PROBES = 32
+#: Above ``EXACT_NEIGHBOURS_MAX``, a class's neighbours are searched among about this many classes: those of the
+#: leaves nearest to its own (4 to 32 leaves).
+PROBE_CLASSES = 2048
 #: Pairs drawn for the skew of the off-diagonal values (its standard error is about ``sqrt(6 / 200,000)``: 0.005).
 SKEW_PAIRS = 200_000
 
@@ -114,8 +121,13 @@ def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 12
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [x[first]]
     best = x @ x[first]
-    for _ in range(1, k):  # the next seed: the row least like the seeds so far (ties to the first)
-        nxt = int(torch.argmin(best))
+    for _ in range(1, k):  # k-means++: the next seed drawn with odds (1 - its best similarity to a seed)^2
+        weights = (1.0 - best).clamp(min=0.0) ** 2
+        nxt = (
+            int(torch.multinomial(weights, 1, generator=generator))
+            if float(weights.sum()) > 0
+            else int(torch.argmin(best))
+        )
         centres.append(x[nxt])
         best = torch.maximum(best, x @ x[nxt])
     c = torch.stack(centres)
@@ -138,6 +150,51 @@ def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 12
 
 
 def leaf_clusters(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.ndarray]:
+    """The leaves: :func:`split_leaves`, then :func:`refine_leaves`; a leaf above ``4 leaf_size`` is split again."""
+    leaves = refine_leaves(vectors, split_leaves(vectors, leaf_size, seed))
+    if max(idx.shape[0] for idx in leaves) <= 4 * leaf_size:
+        return leaves
+    out = []
+    for idx in leaves:
+        out.extend(
+            [idx] if idx.shape[0] <= 4 * leaf_size else [idx[p] for p in split_leaves(vectors[idx], leaf_size, seed)]
+        )
+    return out
+
+
+def refine_leaves(vectors: np.ndarray, leaves: list[np.ndarray]) -> list[np.ndarray]:
+    """Spherical k-means over all leaves at once, each class choosing among the 32 leaves nearest its own.
+
+    A split into a few parts cuts through groups of classes when there are many more of them; these rounds move
+    the classes of such a cut group back together (``REFINE_ROUNDS`` rounds, or until under 0.5% move).
+    """
+    m, c = vectors.shape[0], len(leaves)
+    if c < 2:
+        return leaves
+    x = torch.from_numpy(vectors)
+    labels = np.empty(m, dtype=np.int64)
+    for t, idx in enumerate(leaves):
+        labels[idx] = t
+    for _ in range(REFINE_ROUNDS):
+        sums = torch.zeros(c, x.shape[1]).index_add_(0, torch.from_numpy(labels), x)
+        centres = sums / sums.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        near = torch.topk(centres @ centres.T, min(REFINE_PROBES, c), dim=1).indices
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(c + 1))
+        new = labels.copy()
+        for g in np.nonzero(np.diff(bounds))[0].tolist():
+            idx = order[bounds[g] : bounds[g + 1]]
+            new[idx] = near[g][(x[torch.from_numpy(idx)] @ centres[near[g]].T).argmax(1)].numpy()
+        moved = float(np.mean(new != labels))
+        labels = new
+        if moved < 0.005:
+            break
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(c + 1))
+    return [order[bounds[g] : bounds[g + 1]] for g in range(c) if bounds[g + 1] > bounds[g]]
+
+
+def split_leaves(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.ndarray]:
     """Split the classes by spherical k-means, ``BRANCH`` parts at a time, into parts of at most ``leaf_size``."""
     x = torch.from_numpy(vectors)
     generator = torch.Generator().manual_seed(seed)
@@ -148,7 +205,7 @@ def leaf_clusters(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.nda
         if idx.shape[0] <= leaf_size:
             leaves.append(idx)
             continue
-        k = min(BRANCH, -(-idx.shape[0] // leaf_size))
+        k = min(BRANCH, max(2, math.ceil(math.sqrt(idx.shape[0] / leaf_size))), -(-idx.shape[0] // leaf_size))
         labels = _kmeans(x[torch.from_numpy(idx)], k, generator).numpy()
         parts = [idx[labels == g] for g in range(k) if (labels == g).any()]
         if len(parts) < 2:  # identical vectors: any split is as good
@@ -202,14 +259,41 @@ def leaf_size_for(m: int) -> int:
     return max(8, -(-2 * m // MAX_LEAVES))
 
 
-def embedded_tree(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float, list[np.ndarray]]:
+def _local_distances(x64: torch.Tensor, idx: np.ndarray) -> np.ndarray:
+    """The condensed ``1 - s`` of the classes ``idx``."""
+    part = x64[torch.from_numpy(idx)]
+    return np.maximum(1.0 - condensed((part @ part.T).clamp_(-1.0, 1.0).numpy()), 0.0)
+
+
+def split_mixed(x64: torch.Tensor, leaves: list[np.ndarray], split_height: float) -> list[np.ndarray]:
+    """Part each leaf where its own average-linkage tree joins classes no more alike than ``1 - split_height``."""
+    out = []
+    for idx in leaves:
+        if idx.shape[0] < 2:
+            out.append(idx)
+            continue
+        z = scipy_linkage(_local_distances(x64, idx), method="average")
+        if z[-1, 2] <= split_height:
+            out.append(idx)
+            continue
+        labels = fcluster(z, split_height, criterion="distance")
+        out.extend(idx[labels == g] for g in np.unique(labels))
+    return out
+
+
+def embedded_tree(
+    vectors: np.ndarray, seed: int = 0, split_height: float = math.inf
+) -> tuple[np.ndarray, float, list[np.ndarray]]:
     """The average-linkage tree (a scipy linkage matrix), the sum of ``coph_ij * s_ij`` over pairs, and the leaves.
 
-    See the module: leaves by spherical k-means, exact average linkage inside them and above them.
+    See the module: leaves by spherical k-means (parted where their own tree joins classes farther apart than
+    ``split_height``), exact average linkage inside them and above them.
     """
     m = vectors.shape[0]
-    leaves = leaf_clusters(vectors, leaf_size_for(m), seed)
     x64 = torch.from_numpy(vectors).to(torch.float64)
+    leaves = leaf_clusters(vectors, leaf_size_for(m), seed)
+    if math.isfinite(split_height):
+        leaves = split_mixed(x64, leaves, split_height)
     rows: list[np.ndarray] = []  # (a, b, height, size), in creation order, node ids m + creation index
     roots = np.empty(len(leaves), dtype=np.int64)
     coph_dot_s = 0.0
@@ -218,8 +302,7 @@ def embedded_tree(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float
         if idx.shape[0] == 1:
             roots[t] = idx[0]
             continue
-        local = (x64[torch.from_numpy(idx)] @ x64[torch.from_numpy(idx)].T).clamp_(-1.0, 1.0).numpy()
-        d = np.maximum(1.0 - condensed(local), 0.0)
+        d = _local_distances(x64, idx)
         z = scipy_linkage(d, method="average")
         coph_dot_s += float(np.dot(cophenet(z), 1.0 - d))
         n = idx.shape[0]
@@ -386,7 +469,8 @@ def neighbours(vectors: np.ndarray, k: int, leaves: list[np.ndarray] | None = No
         return idx_out, val_out
     centres = torch.stack([x[torch.from_numpy(idx)].sum(0) for idx in leaves])
     centres = centres / centres.norm(dim=1, keepdim=True).clamp(min=1e-30)
-    near = torch.topk(centres @ centres.T, min(PROBES, len(leaves)), dim=1).indices.numpy()
+    probes = min(len(leaves), max(4, min(32, -(-PROBE_CLASSES // max(len(idx) for idx in leaves)))))
+    near = torch.topk(centres @ centres.T, probes, dim=1).indices.numpy()
     for t, idx in enumerate(leaves):
         cand = np.concatenate([leaves[u] for u in near[t]])
         sims = x[torch.from_numpy(idx)] @ x[torch.from_numpy(cand)].T
@@ -467,7 +551,8 @@ def embedded_pairs(
 def embedded_parts(vectors: np.ndarray, opts: StructureOptions, previous_order: np.ndarray | None) -> dict[str, Any]:
     """Tree, order, groups, levels, sums and metrics of the embedding route (see :func:`analyze`)."""
     m = vectors.shape[0]
-    z, coph_dot_s, leaves = embedded_tree(vectors, opts.seed)
+    mean_s, s2, std, skew, n_pairs = offdiag_moments(vectors, opts.seed)
+    z, coph_dot_s, leaves = embedded_tree(vectors, opts.seed, split_height=1.0 - (mean_s + MIXED_SD * std))
     order = leaf_order(z, positions(previous_order)) if previous_order is not None else leaf_order(z)
     cuts = Cuts(z, order)
     if opts.n_groups is not None:
@@ -483,7 +568,6 @@ def embedded_parts(vectors: np.ndarray, opts: StructureOptions, previous_order: 
     need = max([need] + [level[0] for level in found])
     fine = cuts.into(max(need, split_fine_k(need, m)))
     sums = EmbeddedSums(vectors, fine)
-    mean_s, s2, std, skew, n_pairs = offdiag_moments(vectors, opts.seed)
     metrics: dict[str, float] = {"cophenetic_corr": embedded_cophenetic_corr(z, coph_dot_s, mean_s, s2, n_pairs)}
     wanted = sorted({level[0] for level in found if 2 <= level[0] < m} | (set(ks) if opts.automatic else set()))
     assert cuts.gaps is not None

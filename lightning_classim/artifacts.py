@@ -12,6 +12,8 @@ Layout of ``save_dir``::
         class_names.json                # list of m names
         heatmap.png                     # the ordered heatmap with group outlines
         summary.json                    # epoch, step, metrics, groups, split and failed groups (written last)
+        (vectors.npy)                   # (m, r) float32 class vectors, in place of similarity.npy for a run of
+                                        # class embeddings above 4,096 classes (ClassSimilarityCallback(head=...))
       epoch=0003-step=000120-v1/        # a second snapshot at the same epoch and step (never overwritten)
 
 Every file is written to a temporary name, flushed to disk and renamed, so a reader never sees half a file; a folder
@@ -224,7 +226,9 @@ def load_snapshot(folder: str | Path) -> Snapshot:
     try:
         summary = json.loads((path / "summary.json").read_text())
         names = json.loads((path / "class_names.json").read_text())
-        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        embedded = not (path / "similarity.npy").exists() and (path / "vectors.npy").exists()
+        names_of = [("vectors" if name == "similarity" and embedded else name) for name in _ARRAYS]
+        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in names_of}
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError, json.JSONDecodeError) as err:

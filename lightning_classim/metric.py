@@ -120,7 +120,8 @@ class ClassSimilarity(Metric):
                 f"Expected argument `num_classes` to be at most {DENSE_MAX_CLASSES:,} for the dense matrix, but got "
                 f"{num_classes:,}: its state would take {12 * num_classes**2 / 1e9:,.0f} GB. For the logits of a "
                 "linear head use `HeadSimilarity(num_features=D)` (exact, 8 D^2 bytes whatever the number of "
-                "classes); probabilities and ranks have no such route."
+                "classes), or `ClassSimilarityCallback(head='fc')` in a Trainer; probabilities and ranks have no "
+                "such route."
             )
         self.num_classes = num_classes
         self.scores: ScoresType = scores

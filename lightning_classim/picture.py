@@ -87,7 +87,8 @@ def labelled_heatmap(
     """The ordered heatmap with names or group labels, a colour bar with its range, and a title.
 
     Args:
-        matrix: ``(m, m)`` matrix (numpy or torch).
+        matrix: ``(m, m)`` matrix (numpy or torch), or class embeddings (see
+            :func:`~lightning_classim.render_heatmap`).
         order: the row/column order (default: as given).
         groups: a group label per class; outlined in the heatmap, and labelled beside it when there are more than
             ``max_names`` classes.
@@ -115,8 +116,9 @@ def labelled_heatmap(
     """
     from PIL import Image, ImageDraw
 
-    size = np.asarray(matrix.shape if hasattr(matrix, "shape") else np.shape(matrix))
-    m = int(size[0])
+    from lightning_classim.render import _num_classes
+
+    m = _num_classes(matrix)
     names = [str(i) for i in range(m)] if class_names is None else [str(n) for n in class_names]
     if len(names) != m:
         raise ValueError(f"Expected argument `class_names` to name all {m} classes, but got {len(names)} names.")

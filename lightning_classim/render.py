@@ -149,6 +149,42 @@ def _ordered_block_mean(mat: np.ndarray, order: np.ndarray, factor: int) -> np.n
     return (sums / np.outer(sizes, sizes)).astype(np.float32)
 
 
+def _vectors_of(matrix: Any) -> np.ndarray | None:
+    """The ``(m, r)`` unit class vectors of class embeddings (anything with ``vectors`` set), else ``None``."""
+    if isinstance(matrix, np.ndarray) or getattr(matrix, "vectors", None) is None:
+        return None
+    vectors = matrix.vectors
+    arr = vectors.detach().cpu().numpy() if hasattr(vectors, "detach") else np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[0] < 1:
+        raise ValueError(f"Expected class vectors of shape (m, r), but got shape {arr.shape}.")
+    return arr
+
+
+def _num_classes(matrix: Any) -> int:
+    """``m`` of a square matrix or of class embeddings."""
+    vectors = _vectors_of(matrix)
+    if vectors is not None:
+        return int(vectors.shape[0])
+    return int(np.shape(matrix)[0])
+
+
+def vector_block_mean(vectors: np.ndarray, order: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor x factor`` blocks of the matrix ``V V^T`` (diagonal 1) in ``order``, from block sum vectors.
+
+    Exact and ``O(m r)``: the sum over a block is the dot product of its two runs' sum vectors (plus, on the
+    diagonal, 1 - |v|^2 for each class, whose similarity with itself is 1).
+    """
+    vec = np.asarray(vectors, dtype=np.float64)[order]
+    m = vec.shape[0]
+    p = -(-m // factor)
+    bins = np.arange(m) // factor
+    sums = np.add.reduceat(vec, np.arange(0, m, factor), axis=0)
+    block = sums @ sums.T
+    block[np.diag_indices(p)] += np.bincount(bins, weights=1.0 - (vec * vec).sum(1), minlength=p)
+    sizes = np.bincount(bins, minlength=p).astype(np.float64)
+    return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0).astype(np.float32)
+
+
 def render_heatmap(
     matrix: Any,
     order: Any = None,
@@ -170,7 +206,10 @@ def render_heatmap(
     Any square matrix can be drawn in any order, so the confusion matrix can be shown in the similarity order.
 
     Args:
-        matrix: ``(m, m)`` numpy array or torch tensor. NaN cells are drawn grey.
+        matrix: ``(m, m)`` numpy array or torch tensor (NaN cells are drawn grey); or class embeddings (anything
+            with ``vectors``, e.g. :class:`~lightning_classim.ClassEmbeddings` or an embedded
+            :class:`~lightning_classim.StructureResult`): their matrix ``V V^T``, whose blocks are averaged from the
+            blocks' sum vectors without the ``m x m`` matrix.
         order: the row/column order, a permutation of ``range(m)`` (default: as given); a reference run's order
             comes from :func:`lightning_classim.runs.reference_order`.
         groups: a group label per class (original class order); the boundaries are drawn where the label changes
@@ -199,8 +238,9 @@ def render_heatmap(
         >>> img.shape, img.dtype
         ((6, 6, 3), dtype('uint8'))
     """
-    mat = _as_square(matrix)
-    m = mat.shape[0]
+    vectors = _vectors_of(matrix)
+    mat = _as_square(matrix) if vectors is None else np.zeros((0, 0), dtype=np.float32)
+    m = mat.shape[0] if vectors is None else vectors.shape[0]
     vmin, vmax = check_finite_number("vmin", vmin), check_finite_number("vmax", vmax)
     if not vmax > vmin:
         raise ValueError(f"Expected `vmax` > `vmin`, but got vmin={vmin} and vmax={vmax}.")
@@ -208,7 +248,12 @@ def render_heatmap(
     lut = _lut(cmap)
     idx = check_order(order, m) if order is not None else np.arange(m)
     factor = -(-m // max_pixels)
-    block = _ordered_block_mean(mat, idx, factor) if factor > 1 else None
+    block: np.ndarray | None
+    if vectors is not None:
+        block = vector_block_mean(vectors, idx, factor)
+        order = None  # already in the order
+    else:
+        block = _ordered_block_mean(mat, idx, factor) if factor > 1 else None
     if block is not None:
         mat = block
     else:

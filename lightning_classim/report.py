@@ -149,8 +149,8 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     final = last.result
     coarse, fine = final.outlined_cuts()
     images = [
-        render_heatmap(s.result.similarity, final.order, fine, max_pixels=max_pixels, min_pixels=max_pixels // 2,
-                       coarse_groups=coarse)
+        render_heatmap(s.result if s.result.embedded else s.result.similarity, final.order, fine,
+                       max_pixels=max_pixels, min_pixels=max_pixels // 2, coarse_groups=coarse)
         for s in run.snapshots
     ]  # fmt: skip
     labels = [f"epoch {s.epoch}" for s in run.snapshots]

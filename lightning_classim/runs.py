@@ -18,7 +18,8 @@ import numpy as np
 
 from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
-from lightning_classim.structure import agreement
+from lightning_classim.structure import StructureResult, agreement
+from lightning_classim.structure._embedded import nearest_classes
 
 __all__ = [
     "Run",
@@ -181,8 +182,8 @@ def compare_runs(
     k = min(neighbours, m - 1)
     results = []
     for run, snap in zip(runs[1:], snaps[1:]):
-        nn_a = _neighbours(base.similarity, k)
-        nn_b = _neighbours(snap.result.similarity, k)
+        nn_a = _neighbours(base, k)
+        nn_b = _neighbours(snap.result, k)
         overlap = np.array([len(set(nn_a[i]) & set(nn_b[i])) / k for i in range(m)])
         worst = np.argsort(overlap, kind="stable")[:10]
         results.append(
@@ -211,16 +212,19 @@ def compare_runs(
         "comparisons": results,
     }
     if out is not None:
-        images = [render_heatmap(s.result.similarity, base.order, base.groups, max_pixels=512, min_pixels=256)
-                  for s in snaps]  # fmt: skip
+        images = [render_heatmap(s.result if s.result.embedded else s.result.similarity, base.order, base.groups,
+                                 max_pixels=512, min_pixels=256) for s in snaps]  # fmt: skip
         labels = [f"{r.path.name if r.path.name != 'classim' else r.path.parent.name} (epoch {s.epoch})"
                   for r, s in zip(runs, snaps)]  # fmt: skip
         report["png"] = str(save_png(grid_image(images, labels, cols=len(images)), out))
     return report
 
 
-def _neighbours(sim: np.ndarray, k: int) -> np.ndarray:
-    s = sim.astype(np.float64).copy()
+def _neighbours(result: StructureResult, k: int) -> np.ndarray:
+    """Each class's ``k`` nearest classes (from the class vectors of an embedded result: exact up to 20,000)."""
+    if result.embedded and result.vectors is not None:
+        return nearest_classes(result.vectors, k)[0]
+    s = result.similarity.astype(np.float64).copy()
     np.fill_diagonal(s, -np.inf)
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
 

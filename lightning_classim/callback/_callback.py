@@ -30,9 +30,18 @@ from lightning_classim.callback._loggers import Dispatch, EpochLog
 from lightning_classim.callback._state import results_from_state, results_to_state
 from lightning_classim.callback._trackers import register_built_in
 from lightning_classim.callback._worker import Worker
+from lightning_classim.head import ClassEmbeddings
 from lightning_classim.options import StructureOptions
 from lightning_classim.render import HeatmapOptions
-from lightning_classim.sources import BatchInputs, Source, SourceContext, as_sources, find_submodule
+from lightning_classim.sources import (
+    BatchInputs,
+    HeadSource,
+    ScoresSource,
+    Source,
+    SourceContext,
+    as_sources,
+    find_submodule,
+)
 from lightning_classim.structure import StructureResult, check_taxonomy
 
 __all__ = ["ClassSimilarityCallback"]
@@ -81,6 +90,11 @@ class ClassSimilarityCallback(CallbackBase):
         explorer: write the epoch's interactive explorer (``explorer.html``, one self-contained page: see
             :mod:`lightning_classim.explorer`) into its folder, and log it to W&B (``wandb.Html``), MLflow and Comet
             (as a file); ``classim explore`` writes one over all epochs.
+        head: the classifier's final linear layer (e.g. ``"fc"``), for many classes: the score correlation of its
+            logits comes exactly from the ``D x D`` covariance of its input features (a forward hook on its input;
+            its weight read at each epoch end; :class:`~lightning_classim.sources.HeadSource`), in place of the
+            ``"scores"`` source, and is analysed without the ``m x m`` matrix above 4,096 classes (see
+            ``docs/callback.md``). Needs ``scores="logits"``.
 
     Raises:
         ValueError: for bad arguments (at construction); for a bad environment (at ``setup``).
@@ -113,6 +127,7 @@ class ClassSimilarityCallback(CallbackBase):
         heatmap: HeatmapOptions | None = None,
         async_analysis: bool = True,
         explorer: bool = True,
+        head: str | None = None,
     ) -> None:
         super().__init__()
         num_classes = check_args(num_classes, scores, nan_strategy, "zero")
@@ -131,6 +146,9 @@ class ClassSimilarityCallback(CallbackBase):
         self.options = _checked(options, StructureOptions, "options", "StructureOptions(method='average')")
         self.heatmap = _checked(heatmap, HeatmapOptions, "heatmap", "HeatmapOptions(max_pixels=512)")
         self.sources = as_sources(sources)
+        self.head = head
+        if head is not None:
+            self.sources = _with_head(self.sources, head, scores)
         for src in self.sources:
             try:
                 (src.options or self.options).check_for(num_classes)
@@ -224,12 +242,14 @@ class ClassSimilarityCallback(CallbackBase):
             ctx = self._context(pl_module)
             for src in self.sources:
                 src.setup(ctx)
-            layers = {}
+            layers, input_layers = {}, {}
             for src in self.sources:  # one hook per submodule, shared by the sources it feeds
                 for name in src.hooked_modules:
                     layers[name] = find_submodule(pl_module, name, f"sources ({src.name!r})")
+                for name in src.hooked_inputs:
+                    input_layers[name] = find_submodule(pl_module, name, f"sources ({src.name!r})")
             module = self._capture.module
-            self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers)
+            self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers, input_layers)
         register_built_in()
         if trainer.is_global_zero:
             removed = clean_stale(self.save_dir)
@@ -381,6 +401,8 @@ class ClassSimilarityCallback(CallbackBase):
             for src in self.sources:
                 for module in src.hooked_modules:
                     inputs.feature(module, src.name)
+                for module in src.hooked_inputs:
+                    inputs.feature(f"input:{module}", src.name)
             if self._probe:  # the sanity check: what the sources need is there; nothing is accumulated
                 self._probe = self._capture.active = False
                 return
@@ -414,10 +436,13 @@ class ClassSimilarityCallback(CallbackBase):
         ctx = self._context(pl_module, trainer)
         streams = sorted((s for s in self._streams.values() if s.stage == stage), key=lambda s: s.index)
         for stream in streams:
-            matrices = {}
+            matrices: dict[str, Any] = {}
             for src in self.sources:  # collective: every rank takes part in each sync, in the same order
                 matrix = src.compute(stream.metrics[src.name], ctx)
-                matrices[src.name] = matrix.detach().cpu().float().numpy()
+                if isinstance(matrix, ClassEmbeddings):  # the head route: class vectors, not the m x m matrix
+                    matrices[src.name] = ClassEmbeddings(matrix.vectors.cpu(), matrix.constant_classes.cpu())
+                else:
+                    matrices[src.name] = matrix.detach().cpu().float().numpy()
             if not trainer.is_global_zero:
                 continue
             undefined = {src.name: src.undefined_classes(stream.metrics[src.name]) for src in self.sources}
@@ -609,6 +634,22 @@ class _Stream:
     def suffix(self) -> str:
         """``""``, or ``/dataloader_idx_N`` when the stage has several dataloaders (as Lightning tags them)."""
         return f"/dataloader_idx_{self.index}" if self.many else ""
+
+
+def _with_head(sources: list[Source], head: str, scores: str) -> list[Source]:
+    """The sources with the head route in place of ``"scores"`` (first, when there is no ``"scores"``)."""
+    if not isinstance(head, str) or not head:
+        raise ValueError(f"Expected argument `head` to name the final linear layer (e.g. 'fc'), but got {head!r}.")
+    if scores != "logits":
+        raise ValueError(
+            f"Expected scores='logits' with `head={head!r}` (the head route correlates the logits of a linear layer), "
+            f"but got scores={scores!r}. Probabilities and ranks are not linear in the features: drop `head` for the "
+            "dense route (up to 40,000 classes)."
+        )
+    out = [HeadSource(head, src.options) if isinstance(src, ScoresSource) else src for src in sources]
+    if not any(isinstance(src, HeadSource) and src.module == head for src in out):
+        out.insert(0, HeadSource(head))
+    return as_sources(out)
 
 
 def _checked(value: Any, cls: type, name: str, example: str) -> Any:

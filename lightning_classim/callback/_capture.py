@@ -32,13 +32,20 @@ class Capture:
 
     # ------------------------------------------------------------------------------------------ hooks
 
-    def attach(self, scores_layer: nn.Module | None, feature_layers: dict[str, nn.Module]) -> None:
-        """Hook the scores' submodule (if any) and the submodules whose outputs sources read."""
+    def attach(
+        self,
+        scores_layer: nn.Module | None,
+        feature_layers: dict[str, nn.Module],
+        input_layers: dict[str, nn.Module] | None = None,
+    ) -> None:
+        """Hook the scores' submodule (if any), the submodules whose outputs sources read and those whose inputs."""
         self.detach()
         if scores_layer is not None:
             self._handles.append(scores_layer.register_forward_hook(self._scores_hook))
         for name, layer in feature_layers.items():
             self._handles.append(layer.register_forward_hook(self._feature_hook(name)))
+        for name, layer in (input_layers or {}).items():
+            self._handles.append(layer.register_forward_hook(self._input_hook(name)))
 
     def detach(self) -> None:
         """Remove every hook."""
@@ -71,6 +78,13 @@ class Capture:
                 out = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(out, Tensor):
                     self.features[name] = out.detach()
+
+        return hook
+
+    def _input_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self.active and inputs and isinstance(inputs[0], Tensor):
+                self.features[f"input:{name}"] = inputs[0].detach()
 
         return hook
 

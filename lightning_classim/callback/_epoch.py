@@ -121,11 +121,12 @@ def analyse_epoch(
             order, groups = (result.order, result.groups) if reference is None else reference
             if reference is None:
                 coarse, groups = result.outlined_cuts()
-        values = offdiag_sample(result.similarity)
+        values = offdiag_sample(result.similarity) if not result.embedded else offdiag_sample_of(result)
         vmin, vmax, cmap = src.colour_scale(values, heatmap.cmap)
         name = "" if src is primary else f" {src.name}"
         line = f"{title}{name}: {result.num_classes} classes, {result.n_groups} groups".lstrip(": ")
-        picture = labelled_heatmap(result.similarity, order, groups, class_names=result.class_names, title=line,
+        shown = result if result.embedded else result.similarity
+        picture = labelled_heatmap(shown, order, groups, class_names=result.class_names, title=line,
                                    max_pixels=heatmap.max_pixels, cmap=cmap, vmin=vmin, vmax=vmax,
                                    max_names=heatmap.max_names, coarse_groups=coarse)  # fmt: skip
         out.pictures[src.name] = picture
@@ -200,6 +201,18 @@ def offdiag_sample(sim: np.ndarray) -> np.ndarray:
     m = sim.shape[0]
     rows, cols = np.triu_indices(m, 1) if m <= 1500 else _thinned_pairs(m)
     return sim[rows, cols].astype(np.float32)
+
+
+def offdiag_sample_of(result: StructureResult) -> np.ndarray:
+    """:func:`offdiag_sample` of an embedded result: the same pairs, from dot products of its vectors."""
+    assert result.vectors is not None
+    m = result.num_classes
+    rows, cols = np.triu_indices(m, 1) if m <= 1500 else _thinned_pairs(m)
+    out = np.empty(rows.shape[0], dtype=np.float32)
+    for lo in range(0, rows.shape[0], 65536):
+        a, b = rows[lo : lo + 65536], cols[lo : lo + 65536]
+        out[lo : lo + 65536] = np.einsum("ij,ij->i", result.vectors[a], result.vectors[b])
+    return np.clip(out, -1.0, 1.0)
 
 
 def _thinned_pairs(m: int) -> tuple[np.ndarray, np.ndarray]:

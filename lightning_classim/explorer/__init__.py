@@ -33,6 +33,7 @@ import numpy as np
 
 from lightning_classim.render import colormap_lut
 from lightning_classim.structure import StructureResult
+from lightning_classim.structure._embedded import nearest_classes
 
 __all__ = ["FULL_MAX", "ExplorerEpoch", "compare_html", "explorer_html", "quantise", "write_explorer"]
 
@@ -86,6 +87,33 @@ def _block_means(sim: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.nd
     sums = np.add.reduceat(np.add.reduceat(rows, starts, axis=0, dtype=np.float64)[:, order], starts, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), starts
+
+
+def _vector_block_means(vectors: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_block_means` of the matrix of unit class vectors, from the runs' sum vectors (no ``m x m`` matrix)."""
+    m = vectors.shape[0]
+    edges = np.linspace(0, m, blocks + 1).round().astype(np.int64)
+    starts = edges[:-1]
+    vec = np.asarray(vectors, dtype=np.float64)[order]
+    sums = np.add.reduceat(vec, starts, axis=0)
+    block = sums @ sums.T
+    block[np.diag_indices(blocks)] += np.add.reduceat(1.0 - (vec * vec).sum(1), starts)
+    sizes = np.diff(edges).astype(np.float64)
+    return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0), starts
+
+
+def _vector_band(vectors: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
+    """:func:`_band` of the matrix of unit class vectors."""
+    m = vectors.shape[0]
+    vec = np.asarray(vectors, dtype=np.float32)[order]
+    out = np.full((m, 2 * width + 1), np.nan, dtype=np.float32)
+    for d in range(-width, width + 1):
+        lo, hi = max(0, -d), min(m, m - d)
+        if hi > lo:
+            out[lo:hi, d + width] = (
+                1.0 if d == 0 else np.clip(np.einsum("ij,ij->i", vec[lo:hi], vec[lo + d : hi + d]), -1, 1)
+            )
+    return out
 
 
 def _band(sim: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
@@ -236,11 +264,14 @@ def explorer_html(
     }  # fmt: skip
     for e in epochs:
         entry = {"epoch": e.epoch, "step": e.step, **_structure(e.result)}
-        sim = np.asarray(e.result.similarity)
         if full:
-            entry["full"] = _blob(quantise(sim))
+            entry["full"] = _blob(quantise(np.asarray(e.result.matrix())))
         else:
-            means, starts = _block_means(sim, last.order, min(overview, m))
+            means, starts = (
+                _vector_block_means(e.result.vectors, last.order, min(overview, m))
+                if e.result.embedded and e.result.vectors is not None
+                else _block_means(np.asarray(e.result.similarity), last.order, min(overview, m))
+            )
             entry["overview"] = {
                 "blocks": int(means.shape[0]),
                 "starts": starts.tolist(),
@@ -248,11 +279,16 @@ def explorer_html(
             }
         data["epochs"].append(entry)
     if not full:
-        sim = np.asarray(last.similarity)
         width = min(band, m - 1)
-        idx, val = _neighbours(sim, neighbours)
+        if last.embedded and last.vectors is not None:
+            idx, val = nearest_classes(last.vectors, neighbours)
+            cells = _vector_band(last.vectors, last.order, width)
+        else:
+            sim = np.asarray(last.similarity)
+            idx, val = _neighbours(sim, neighbours)
+            cells = _band(sim, last.order, width)
         data["detail"] = {
-            "band": width, "cells": _blob(quantise(_band(sim, last.order, width))),
+            "band": width, "cells": _blob(quantise(cells)),
             "k": int(idx.shape[1]), "index": _blob(idx.astype(np.uint32)), "values": _blob(quantise(val)),
         }  # fmt: skip
     if compare is not None:

@@ -54,7 +54,7 @@ class BatchInputs:
     Attributes:
         scores: the classifier's scores ``(N, m)`` (``None`` when no source needs them).
         target: the batch's targets (``None`` when no source needs them).
-        features: the forward outputs of the hooked submodules, by name.
+        features: the forward outputs of the hooked submodules, by name, and their inputs (``"input:<name>"``).
     """
 
     scores: Tensor | None = None
@@ -139,6 +139,11 @@ class Source:
     @property
     def hooked_modules(self) -> tuple[str, ...]:
         """The submodules whose forward output :meth:`update` reads from :attr:`BatchInputs.features`."""
+        return ()
+
+    @property
+    def hooked_inputs(self) -> tuple[str, ...]:
+        """The submodules whose forward *input* (first argument) :meth:`update` reads: ``"input:<module>"``."""
         return ()
 
     def setup(self, ctx: SourceContext) -> None:

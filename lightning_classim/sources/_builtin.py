@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_classim.head import HeadSimilarity
 from lightning_classim.metric import ClassSimilarity
 from lightning_classim.options import StructureOptions
 from lightning_classim.sources._base import BatchInputs, Source, SourceContext, find_submodule
@@ -23,6 +24,7 @@ __all__ = [
     "ConfusionSource",
     "CooccurrenceSource",
     "FeaturesSource",
+    "HeadSource",
     "MetricSource",
     "ScoresSource",
     "WeightsSource",
@@ -30,7 +32,10 @@ __all__ = [
     "as_sources",
 ]
 
-_BUILT_IN = "'scores', 'confusion', 'cooccurrence', 'features:<module>', 'welch:<module>' or 'weights:<module>'"
+_BUILT_IN = (
+    "'scores', 'confusion', 'cooccurrence', 'features:<module>', 'welch:<module>', 'weights:<module>' or "
+    "'head:<module>'"
+)
 _MODULE_KINDS = ("features", "welch", "weights")
 
 
@@ -64,6 +69,79 @@ class ScoresSource(Source):
 
     def undefined_classes(self, metric: Metric | None) -> list[int]:
         return metric.constant_classes.tolist() if isinstance(metric, ClassSimilarity) else []
+
+
+class HeadSource(Source):
+    """The score correlation of a linear head's logits, exactly, without the ``m x m`` matrix (:class:`HeadSimilarity`).
+
+    A forward hook reads the head's *input* features ``(N, D)`` in every validation step; at the end of the epoch the
+    head's ``weight`` (and ``bias``) are read and :meth:`HeadSimilarity.compute` gives the class embeddings, which
+    :func:`~lightning_classim.analyze` analyses without the matrix above 4,096 classes. The same matrix as
+    ``"scores"`` with ``scores="logits"`` (to 1e-5), at ``8 D^2`` bytes of state whatever ``m``. The string
+    ``"head:<module>"`` names it, and ``ClassSimilarityCallback(head="<module>")`` puts it first in place of
+    ``"scores"``.
+
+    Args:
+        module: the head: a submodule with a ``weight`` of shape ``(m, D)`` (e.g. an ``nn.Linear``, ``"fc"``) that
+            maps its input's last dimension ``D`` to the ``m`` logits.
+        options: this source's analysis options (default: the callback's).
+
+    Raises:
+        ValueError: for an empty module name; at set-up, for a module without an ``(m, D)`` weight.
+    """
+
+    def __init__(self, module: str, options: StructureOptions | None = None) -> None:
+        if not isinstance(module, str) or not module:
+            raise ValueError(f"Expected argument `module` to name the head, a submodule, but got {module!r}.")
+        super().__init__(f"head:{module}", options)
+        self.module = module
+
+    @property
+    def hooked_inputs(self) -> tuple[str, ...]:
+        return (self.module,)
+
+    def _weight(self, ctx: SourceContext) -> tuple[Tensor, Tensor | None]:
+        assert ctx.module is not None
+        layer = find_submodule(ctx.module, self.module, f"sources ({self.name!r})")
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[0] != ctx.num_classes:
+            shape = None if not isinstance(weight, Tensor) else tuple(weight.shape)
+            raise ValueError(
+                f"Expected the head {self.module!r} to have a weight of shape ({ctx.num_classes}, D), one row per "
+                f"class, but it has {shape}. Name the final linear layer that outputs the logits."
+            )
+        bias = getattr(layer, "bias", None)
+        return weight, bias if isinstance(bias, Tensor) else None
+
+    def setup(self, ctx: SourceContext) -> None:
+        if ctx.scores != "logits":
+            raise ValueError(
+                f"Source {self.name!r} correlates the logits of a linear head, but the callback has "
+                f"scores={ctx.scores!r}: probabilities and ranks are not linear in the features. Drop `head=` (the "
+                "dense route, up to 40,000 classes), or pass scores='logits'."
+            )
+        self._weight(ctx)  # checks the head now, not after the first epoch
+
+    def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:
+        features = inputs.feature(f"input:{self.module}", self.name)
+        features = features.reshape(-1, features.shape[-1])
+        if metric is None:  # the width is known at the first batch
+            metric = HeadSimilarity(int(features.shape[1]), nan_strategy=ctx.nan_strategy).to(features.device)
+        metric.update(features if features.is_floating_point() else features.float())
+        return metric
+
+    def compute(self, metric: Metric | None, ctx: SourceContext) -> Any:  # ClassEmbeddings
+        width = ctx.reduce_max(0 if not isinstance(metric, HeadSimilarity) else metric.num_features)
+        if width == 0:
+            raise ValueError(f"Source {self.name!r} saw no input of {self.module!r} on any process in this epoch.")
+        weight, bias = self._weight(ctx)
+        if not isinstance(metric, HeadSimilarity):
+            metric = HeadSimilarity(width, nan_strategy=ctx.nan_strategy).to(weight.device)
+        return metric.compute(weight, bias)
+
+    def undefined_classes(self, metric: Metric | None) -> list[int]:
+        found = getattr(metric, "constant_classes", None) if isinstance(metric, HeadSimilarity) else None
+        return [] if found is None else found.tolist()
 
 
 class FeaturesSource(Source):
@@ -313,7 +391,7 @@ def as_source(spec: str | Source) -> Source:
     """The source a string names, or the source itself.
 
     The strings: ``"scores"``, ``"confusion"``, ``"cooccurrence"``, ``"features:<module>"``, ``"welch:<module>"``,
-    ``"weights:<module>"``.
+    ``"weights:<module>"``, ``"head:<module>"``.
 
     Raises:
         ValueError: for anything else.
@@ -336,6 +414,8 @@ def as_source(spec: str | Source) -> Source:
             return FeaturesSource(module, statistic="mean" if kind == "features" else "welch")
         if kind == "weights" and module:
             return WeightsSource(module)
+        if kind == "head" and module:
+            return HeadSource(module)
     raise ValueError(
         f"Expected a source to be one of {_BUILT_IN}, or a Source object (e.g. MetricSource('name', metric)), but got "
         f"{spec!r}."

@@ -13,9 +13,10 @@ from scipy.cluster.hierarchy import cophenet
 
 from lightning_classim._validation import check_names, check_order
 from lightning_classim.options import StructureOptions, default_max_groups
+from lightning_classim.structure import _embedded
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._backend import ops, square_matrix_steps
-from lightning_classim.structure._embedded import DENSE_MAX, embedded_analysis, unit_vectors
+from lightning_classim.structure._embedded import embedded_analysis, unit_vectors
 from lightning_classim.structure._failed import failed_groups
 from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
 from lightning_classim.structure._levels import level_cuts, primary_level
@@ -105,7 +106,7 @@ def analyze(
     opts = _resolve(options, changes)
     if _is_embeddings(similarity):
         vectors = unit_vectors(similarity)
-        if vectors.shape[0] > DENSE_MAX:
+        if vectors.shape[0] > _embedded.DENSE_MAX:
             return _analyze_embedded(vectors, opts, class_names, order, previous, taxonomy)
         similarity = np.clip(vectors.astype(np.float64) @ vectors.T.astype(np.float64), -1.0, 1.0)
         np.fill_diagonal(similarity, 1.0)
@@ -212,8 +213,8 @@ def _analyze_embedded(
     names = check_names(class_names, m)
     if order is not None:
         raise ValueError(
-            f"Expected no `order` for class embeddings above {DENSE_MAX} classes (the order comes from their tree), "
-            "but got one. Drop `order`."
+            f"Expected no `order` for class embeddings above {_embedded.DENSE_MAX} classes (the order comes from "
+            "their tree), but got one. Drop `order`."
         )
     if previous is not None and previous.num_classes != m:
         raise ValueError(

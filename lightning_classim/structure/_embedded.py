@@ -150,10 +150,23 @@ def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 12
 
 
 def leaf_clusters(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.ndarray]:
-    """The leaves: :func:`split_leaves`, then :func:`refine_leaves`; a leaf above ``4 leaf_size`` is split again."""
-    leaves = refine_leaves(vectors, split_leaves(vectors, leaf_size, seed))
-    if max(idx.shape[0] for idx in leaves) <= 4 * leaf_size:
-        return leaves
+    """The leaves: spherical k-means with ``2 m / leaf_size`` centres.
+
+    Seeded by classes drawn at random (every centre's class nearest to it), then :func:`refine_leaves`; a leaf
+    grown above ``4 leaf_size`` is split again by :func:`split_leaves`. One full assignment (``O(m^2 r / leaf_size)``)
+    and rounds over the nearest leaves only.
+    """
+    m = vectors.shape[0]
+    if m <= leaf_size:
+        return [np.arange(m)]
+    c = min(m, 2 * -(-m // leaf_size))
+    x = torch.from_numpy(vectors)
+    generator = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(m, generator=generator)[:c]]
+    labels = torch.cat([(x[lo : lo + 16384] @ centres.T).argmax(1) for lo in range(0, m, 16384)]).numpy()
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(c + 1))
+    leaves = refine_leaves(vectors, [order[bounds[g] : bounds[g + 1]] for g in range(c) if bounds[g + 1] > bounds[g]])
     out = []
     for idx in leaves:
         out.extend(
@@ -220,11 +233,13 @@ def split_leaves(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.ndar
 def _upgma(sims: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Average linkage of clusters with the given sizes and mean similarities: merges ``(slot a, slot b, height)``.
 
+    ``sims`` is overwritten (it becomes the chain's working distances).
+
     A nearest-neighbour chain on ``1 - mean similarity``, with the Lance-Williams update of average linkage (the
     sizes weight it); the merges as found (not sorted), each naming the two slots it joined (the second keeps it).
     """
     c = sizes.shape[0]
-    dist = 1.0 - sims
+    dist = np.subtract(1.0, sims, out=sims)  # in place: the caller's matrix becomes the working distances
     np.fill_diagonal(dist, np.inf)
     size = sizes.astype(np.float64).copy()
     active = np.ones(c, dtype=bool)
@@ -265,19 +280,34 @@ def _local_distances(x64: torch.Tensor, idx: np.ndarray) -> np.ndarray:
     return np.maximum(1.0 - condensed((part @ part.T).clamp_(-1.0, 1.0).numpy()), 0.0)
 
 
-def split_mixed(x64: torch.Tensor, leaves: list[np.ndarray], split_height: float) -> list[np.ndarray]:
-    """Part each leaf where its own average-linkage tree joins classes no more alike than ``1 - split_height``."""
-    out = []
-    for idx in leaves:
-        if idx.shape[0] < 2:
-            out.append(idx)
-            continue
-        z = scipy_linkage(_local_distances(x64, idx), method="average")
-        if z[-1, 2] <= split_height:
-            out.append(idx)
-            continue
+def split_mixed(
+    x64: torch.Tensor, leaves: list[np.ndarray], split_height: float, limit: int | None = None
+) -> list[np.ndarray]:
+    """Part each leaf where its own average-linkage tree joins classes no more alike than ``1 - split_height``.
+
+    The leaves whose top merges are highest are parted first, while there are fewer than ``limit`` leaves (default
+    ``2 MAX_LEAVES``): the tree above the leaves is built on a ``leaves x leaves`` matrix.
+    """
+    limit = 2 * MAX_LEAVES if limit is None else limit
+    trees = [
+        scipy_linkage(_local_distances(x64, idx), method="average") if idx.shape[0] >= 2 else None for idx in leaves
+    ]
+    tops = np.array([-np.inf if z is None else z[-1, 2] for z in trees])
+    out: list[np.ndarray] = []
+    count = len(leaves)
+    parted = set()
+    for t in np.argsort(-tops, kind="stable").tolist():
+        z = trees[t]
+        if z is None or tops[t] <= split_height or count >= limit:
+            break
         labels = fcluster(z, split_height, criterion="distance")
-        out.extend(idx[labels == g] for g in np.unique(labels))
+        n = int(labels.max())
+        if count + n - 1 > limit:
+            continue
+        count += n - 1
+        parted.add(t)
+        out.extend(leaves[t][labels == g] for g in range(1, n + 1))
+    out.extend(idx for t, idx in enumerate(leaves) if t not in parted)
     return out
 
 
@@ -320,12 +350,11 @@ def embedded_tree(
     sizes = np.array([idx.shape[0] for idx in leaves], dtype=np.float64)
     top = np.empty((max(c - 1, 0), 4))
     if c > 1:
-        self_dot = np.bincount(leaf_of, weights=(x64 * x64).sum(1).numpy(), minlength=c)
-        block = (sums @ sums.T).numpy()
-        # mean similarity of two different classes of one leaf: its block without the diagonal (only used off it)
-        means = block / np.outer(sizes, sizes)
-        np.fill_diagonal(means, (np.diagonal(block) - self_dot) / np.maximum(sizes * (sizes - 1), 1))
-        merges = _upgma(means, sizes)
+        means = (sums @ sums.T).numpy()  # the block sums, made the mean similarities in place (one c x c array)
+        means /= sizes[:, None]
+        means /= sizes[None, :]
+        merges = _upgma(means, sizes)  # reads only the off-diagonal means
+        del means
         merges = merges[np.argsort(merges[:, 2], kind="mergesort")]
         node = roots.copy()  # the node that each slot's cluster is now
         height_of: dict[int, float] = {}
@@ -483,6 +512,15 @@ def neighbours(vectors: np.ndarray, k: int, leaves: list[np.ndarray] | None = No
             idx_out[idx, kk:] = idx_out[idx, :1]
             val_out[idx, kk:] = -np.inf
     return idx_out, val_out
+
+
+def nearest_classes(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's ``k`` nearest classes from unit class vectors: exact up to ``EXACT_NEIGHBOURS_MAX``, else probed."""
+    vec = np.ascontiguousarray(vectors, dtype=np.float32)
+    leaves = None
+    if vec.shape[0] > EXACT_NEIGHBOURS_MAX:
+        leaves = leaf_clusters(vec, leaf_size_for(vec.shape[0]), 0)
+    return neighbours(vec, k, leaves)
 
 
 def embedded_pairs(

@@ -355,15 +355,10 @@ class StructureResult:
             from lightning_classim.render import _block_mean
 
             return _block_mean(np.asarray(self.similarity[np.ix_(self.order, self.order)]), factor)
+        from lightning_classim.render import vector_block_mean
+
         assert self.vectors is not None
-        vec = self.vectors.astype(np.float64)[self.order]
-        p = -(-m // factor)
-        bins = np.arange(m) // factor
-        sums = np.add.reduceat(vec, np.arange(0, m, factor), axis=0)  # the bins are runs of `factor` classes
-        block = sums @ sums.T
-        block[np.diag_indices(p)] += np.bincount(bins, weights=1.0 - (vec * vec).sum(1), minlength=p)
-        sizes = np.bincount(bins, minlength=p).astype(np.float64)
-        return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0).astype(np.float32)
+        return vector_block_mean(self.vectors, self.order, factor)
 
     @property
     def n_groups(self) -> int:
@@ -399,8 +394,15 @@ class StructureResult:
     # ------------------------------------------------------------------------------------------ one shape
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The four arrays, in the dtypes they are stored in (``similarity``, ``order``, ``linkage``, ``groups``)."""
-        return {name: np.asarray(getattr(self, name)).astype(dtype, copy=False) for name, dtype in ARRAY_DTYPES.items()}
+        """The four arrays, in the dtypes they are stored in (``similarity``, ``order``, ``linkage``, ``groups``).
+
+        An embedded result (see :attr:`vectors`) has ``vectors`` (``(m, r)`` float32) in place of ``similarity``.
+        """
+        out = {name: np.asarray(getattr(self, name)).astype(dtype, copy=False) for name, dtype in ARRAY_DTYPES.items()}
+        if self.embedded:
+            del out["similarity"]
+            out["vectors"] = np.asarray(self.vectors, dtype=np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no matrices): metrics, groups, split and failed groups, silhouettes and notes."""
@@ -428,15 +430,31 @@ class StructureResult:
             ValueError: if the parts do not agree (shapes, names), the order is not a permutation, the linkage not a
                 tree, a group label is out of range, or the summary is not one ``to_dict()`` writes.
         """
-        sim = np.asarray(arrays["similarity"])
-        m = sim.shape[0] if sim.ndim == 2 else -1
         order, link, groups = (np.asarray(arrays[k]) for k in ("order", "linkage", "groups"))
+        vectors = None
+        if "similarity" not in arrays and "vectors" in arrays:  # an embedded result
+            vectors = np.asarray(arrays["vectors"])
+            m = order.shape[0] if order.ndim == 1 else -1
+            if vectors.ndim != 2 or vectors.shape[0] != m or not np.issubdtype(vectors.dtype, np.floating):
+                raise ValueError(
+                    f"Expected class vectors of shape ({m}, r) for {m} classes, but got {vectors.dtype} "
+                    f"{vectors.shape}."
+                )
+            sim = np.zeros((0, 0), dtype=np.float32)
+        else:
+            sim = np.asarray(arrays["similarity"])
+            m = sim.shape[0] if sim.ndim == 2 else -1
         if not isinstance(class_names, (list, tuple)) or not isinstance(summary, Mapping):
             raise ValueError(
                 f"Expected the class names as a list and the summary as a dict, but got {type(class_names).__name__} "
                 f"and {type(summary).__name__}."
             )
-        if sim.shape != (m, m) or order.shape != (m,) or groups.shape != (m,) or len(class_names) != m:
+        if (
+            (sim.shape != (m, m) and vectors is None)
+            or order.shape != (m,)
+            or groups.shape != (m,)
+            or len(class_names) != m
+        ):
             raise ValueError(
                 f"Expected the parts of one result, but got similarity {sim.shape}, order {order.shape}, groups "
                 f"{groups.shape} and {len(class_names)} class names."
@@ -464,6 +482,7 @@ class StructureResult:
                 notes=tuple(str(n) for n in summary.get("notes", [])),
                 levels=tuple(Level.from_dict(level) for level in summary.get("levels", [])),
                 pairs=tuple(Pair.from_dict(pair) for pair in summary.get("pairs", [])),
+                vectors=None if vectors is None else vectors.astype(np.float32, copy=False),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(

@@ -1,0 +1,139 @@
+"""ClassSimilarityCallback(head=...): the head route in real Trainer runs, on disk, in the CLI and under DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_classim import ClassSimilarity, ClassSimilarityCallback, StructureOptions
+from lightning_classim.artifacts import list_snapshots, load_snapshot
+from lightning_classim.cli import main as classim
+from lightning_classim.sources import HeadSource, as_source
+
+L = pytest.importorskip("lightning.pytorch", reason="the `lightning` package is not installed")
+
+M, D = 4200, 24  # above 4,096 classes: the analysis without the m x m matrix
+
+
+def make_model(namespace, m: int = M):
+    class Net(namespace.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.body = nn.Sequential(nn.Linear(8, D), nn.Tanh())
+            self.fc = nn.Linear(D, m)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            return self(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Net()
+
+
+def data(m: int = M):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(600, 8, generator=g)
+    y = torch.randint(0, m, (600,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=128), x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pytorch_lightning", "lightning.pytorch"])
+def test_head_route_fit_writes_vectors_logs_and_reads_back_in_the_cli(tmp_path, name):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    namespace = pl if name == "pytorch_lightning" else L
+    loader, x = data()
+    logger = namespace.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    cb = ClassSimilarityCallback(M, head="fc", options=StructureOptions(method="average", find_failed=False))
+    assert [type(s) for s in cb.sources] == [HeadSource] and cb.metric is None  # no m x m state, made at a batch
+    model = make_model(namespace)
+    trainer = namespace.Trainer(max_epochs=2, limit_train_batches=2, logger=logger, callbacks=[cb],
+                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, loader, loader)
+    folders = list_snapshots(cb.save_dir)
+    assert len(folders) == 2
+    assert (folders[-1] / "vectors.npy").exists() and not (folders[-1] / "similarity.npy").exists()
+    snap = load_snapshot(folders[-1])
+    assert snap.result.embedded and snap.result.vectors.shape[0] == M
+    with torch.no_grad():
+        logits = model(x).double().numpy()
+    rows = [0, 17, M - 1]
+    reference = np.corrcoef(logits, rowvar=False)[rows]
+    np.testing.assert_allclose(snap.result.matrix(rows), reference, atol=1e-5)
+    assert cb.last_result is not None and cb.last_result.embedded
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert len(acc.Images("classim/heatmap")) == 2
+    assert {"classim/n_groups", "classim/drift", "classim/cophenetic_corr"} <= set(tags["scalars"])
+    # the run reads back in every command
+    run = str(cb.save_dir)
+    assert classim(["report", run]) == 0 and (cb.save_dir / "report" / "heatmaps.png").exists()
+    assert classim(["export", run, "--out", str(tmp_path / "tree.json")]) == 0
+    assert classim(["explore", run]) == 0 and (cb.save_dir / "explorer.html").stat().st_size > 10_000
+    assert classim(["compare", run, run]) == 0
+
+
+def test_head_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"Expected scores='logits' with `head='fc'`.*got scores='probs'"):
+        ClassSimilarityCallback(10, head="fc", scores="probs")
+    with pytest.raises(ValueError, match=r"Expected argument `head` to name the final linear layer.*got ''"):
+        ClassSimilarityCallback(10, head="")
+    with pytest.raises(ValueError, match=r"Expected argument `module` to name the head, a submodule, but got ''"):
+        HeadSource("")
+    assert as_source("head:fc").module == "fc"
+    # 50,000 classes: no dense state is made with the head route; without it, the error names the way out
+    assert [s.name for s in ClassSimilarityCallback(50_000, head="fc").sources] == ["head:fc"]
+    with pytest.raises(ValueError, match=r"at most 40,000 for the dense matrix.*ClassSimilarityCallback\(head="):
+        ClassSimilarity(50_000)
+    # "scores" beside other sources is replaced in place; the head of a module without class rows fails at set-up
+    cb = ClassSimilarityCallback(12, head="body", sources=["weights:fc", "scores"], save_dir=tmp_path)
+    assert [s.name for s in cb.sources] == ["weights:fc", "head:body"]
+    loader, _ = data(12)
+    trainer = pl.Trainer(max_epochs=1, logger=False, callbacks=[cb], enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"Expected the head 'body' to have a weight of shape \(12, D\)"):
+        trainer.validate(make_model(pl, 12), loader, verbose=False)
+
+
+DDP_SCRIPT = Path(__file__).with_name("ddp_validate_script.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", [None, "one_rank_empty"])
+def test_ddp_head_route_is_numpys_correlation_of_the_logits(tmp_path, sampler):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    args = [sys.executable, str(DDP_SCRIPT), str(tmp_path), "2", "head:fc"] + ([sampler] if sampler else [])
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = load_snapshot(list_snapshots(tmp_path / "classim")[0]).result.similarity
+    if sampler is None:  # the same as the dense route in one process
+        single = tmp_path / "one"
+        proc = subprocess.run([sys.executable, str(DDP_SCRIPT), str(single), "1", "scores"], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dense = load_snapshot(list_snapshots(single / "classim")[0]).result.similarity
+        np.testing.assert_allclose(got, dense, atol=1e-5)
+    else:
+        reference = np.load(tmp_path / "logits.npy")
+        np.testing.assert_allclose(got, np.corrcoef(reference, rowvar=False), atol=1e-5)

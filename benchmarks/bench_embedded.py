@@ -103,7 +103,7 @@ def agreement(m: int = 10_000) -> None:
     print("\nAdjusted Rand index of the embedding route's cut with the dense analysis's cut into the same number:\n")
     print("| k | with dense average | with dense complete |")
     print("| ---: | ---: | ---: |")
-    ks = sorted({dense.n_groups, *[lv.n_groups for lv in dense.levels], k_fam})
+    ks = sorted({10, 20, 100, 200, 400, dense.n_groups, *[lv.n_groups for lv in dense.levels], k_fam})
     for k in ks:
         ours = cut_maxclust(tree.linkage, k)
         print(f"| {k} | {adjusted_rand_index(ours, cut_maxclust(dense.linkage, k)):.4f} | "
@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="stop at 100,000 classes")
     parser.add_argument("--sizes-only", action="store_true", help="skip the agreement at 10,000 classes")
+    parser.add_argument("--agreement-only", action="store_true", help="only the agreement at 10,000 classes")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -132,6 +133,8 @@ def main() -> None:
         return
     if not args.sizes_only:
         agreement()
+    if args.agreement_only:
+        return
     print("## Epoch end at D = 256: compute(weight) and analyze(embeddings), one process per size\n")
     print("| m | compute(weight) | analyze | epoch end | groups | levels | ARI with the families | peak memory |")
     print("| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")

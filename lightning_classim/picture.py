@@ -116,9 +116,9 @@ def labelled_heatmap(
     """
     from PIL import Image, ImageDraw
 
-    from lightning_classim.render import _num_classes
+    from lightning_classim.render import num_classes_of
 
-    m = _num_classes(matrix)
+    m = num_classes_of(matrix)
     names = [str(i) for i in range(m)] if class_names is None else [str(n) for n in class_names]
     if len(names) != m:
         raise ValueError(f"Expected argument `class_names` to name all {m} classes, but got {len(names)} names.")

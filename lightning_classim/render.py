@@ -112,7 +112,7 @@ def _lut(cmap: str) -> np.ndarray:
     return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-def _block_mean(mat: np.ndarray, factor: int) -> np.ndarray:
+def block_mean(mat: np.ndarray, factor: int) -> np.ndarray:
     """Average ``factor x factor`` blocks (the last block may be partial), ignoring NaN."""
     m = mat.shape[0]
     p = -(-m // factor)
@@ -160,7 +160,7 @@ def _vectors_of(matrix: Any) -> np.ndarray | None:
     return arr
 
 
-def _num_classes(matrix: Any) -> int:
+def num_classes_of(matrix: Any) -> int:
     """``m`` of a square matrix or of class embeddings."""
     vectors = _vectors_of(matrix)
     if vectors is not None:
@@ -260,7 +260,7 @@ def render_heatmap(
         if order is not None:
             mat = mat[np.ix_(idx, idx)]
         if factor > 1:
-            mat = _block_mean(mat, factor)
+            mat = block_mean(mat, factor)
     scale = max(1, min_pixels // mat.shape[0]) if factor == 1 else 1
     nan = ~np.isfinite(mat)
     codes = np.clip((np.nan_to_num(mat, nan=vmin) - vmin) * (255.0 / (vmax - vmin)) + 0.5, 0, 255).astype(np.uint8)

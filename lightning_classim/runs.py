@@ -18,8 +18,7 @@ import numpy as np
 
 from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
-from lightning_classim.structure import StructureResult, agreement
-from lightning_classim.structure._embedded import nearest_classes
+from lightning_classim.structure import StructureResult, agreement, nearest_classes
 
 __all__ = [
     "Run",

@@ -223,3 +223,21 @@ def test_notes_and_errors():
         analyze(embeddings(bad))
     with pytest.raises(ValueError, match=r"an \(m, r\) float array of unit rows"):
         analyze(ClassEmbeddings(torch.zeros(1, 3), torch.zeros(0, dtype=torch.long)))
+
+
+def test_pictures_of_embeddings_are_the_dense_matrixs(big):
+    from lightning_classim.callback._epoch import offdiag_sample, offdiag_sample_of
+    from lightning_classim.picture import labelled_heatmap
+    from lightning_classim.render import colormap_lut, render_heatmap
+
+    _, _, _, s, result = big
+    step = int(np.abs(np.diff(colormap_lut("RdBu_r").astype(int), axis=0)).max())  # one colour of the colormap
+    for pixels in (500, 5000):  # block means, and every cell
+        ours = render_heatmap(result, result.order, result.groups, max_pixels=pixels, min_pixels=16).astype(int)
+        dense = render_heatmap(s, result.order, result.groups, max_pixels=pixels, min_pixels=16).astype(int)
+        assert ours.shape == dense.shape
+        differ = np.abs(ours - dense).max(axis=2)
+        assert differ.max() <= step and (differ > 0).mean() < 1e-3  # float32 rounding at a colour's edge
+    picture = labelled_heatmap(result, result.order, result.groups, max_pixels=256)
+    assert picture.box[2] - picture.box[0] == 250
+    np.testing.assert_allclose(offdiag_sample_of(result), offdiag_sample(s), atol=1e-6)

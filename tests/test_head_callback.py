@@ -67,7 +67,7 @@ def test_head_route_fit_writes_vectors_logs_and_reads_back_in_the_cli(tmp_path, 
     assert [type(s) for s in cb.sources] == [HeadSource] and cb.metric is None  # no m x m state, made at a batch
     model = make_model(namespace)
     trainer = namespace.Trainer(max_epochs=2, limit_train_batches=2, logger=logger, callbacks=[cb],
-                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1)  # fmt: skip
+                                enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, loader, loader)

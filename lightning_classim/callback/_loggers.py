@@ -157,11 +157,15 @@ class Dispatch:
                 )
         for name, note in log.notes:
             if self._once("note", name):
+                alone = (
+                    " To change the options of this source alone, give it options of its own, e.g. "
+                    "`CooccurrenceSource(StructureOptions(method='average'))` in `sources`."
+                    if name != primary
+                    else " Options go to the callback: `options=StructureOptions(...)`."
+                )
                 rank_zero_warn(
-                    f"ClassSimilarityCallback: at epoch {log.epoch}, source {name!r}: {note} To change the options of "
-                    f"this source alone, give it options of its own, e.g. `CooccurrenceSource(StructureOptions("
-                    "method='average'))` in `sources`. (Said once per source; every epoch's notes are in its "
-                    "summary.json and group table.)",
+                    f"ClassSimilarityCallback: at epoch {log.epoch}, source {name!r}: {note}{alone} (Said once per "
+                    "source; every epoch's notes are in its summary.json and group table.)",
                     category=UserWarning,
                 )
 

@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from lightning_classim.render import colormap_lut
-from lightning_classim.structure import StructureResult
-from lightning_classim.structure._embedded import nearest_classes
+from lightning_classim.structure import StructureResult, nearest_classes
 
 __all__ = ["FULL_MAX", "ExplorerEpoch", "compare_html", "explorer_html", "quantise", "write_explorer"]
 

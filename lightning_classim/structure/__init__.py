@@ -2,7 +2,7 @@
 
 Everything here runs on the CPU with numpy, scipy and compiled kernels (numba; a copy of scipy's
 nearest-neighbour-chain linkage, equal to it bit for bit, and the steps around it), is deterministic (the same input
-gives the same output), and works up to tens of thousands of classes.
+gives the same output), and works up to tens of thousands of classes; class embeddings go to 1,000,000.
 
 The modules, one step each:
 
@@ -12,6 +12,7 @@ The modules, one step each:
 * ``_pairs``: the pairs of classes worth a look (near duplicates, outliers off the blocks, hubs);
 * ``_groups``: sums over groups, group summaries, split groups;
 * ``_failed``: the failed-group search;
+* ``_embedded``: the analysis of class embeddings (``HeadSimilarity``) without the ``m x m`` matrix;
 * ``_agreement``: agreement between two structures, and with a known taxonomy;
 * ``_result``: :class:`StructureResult`, in one shape for memory, disk and checkpoints;
 * ``_analyze``: :func:`analyze`, the steps in a row;
@@ -34,6 +35,7 @@ from lightning_classim._stats import adjusted_rand_index
 from lightning_classim.options import StructureOptions
 from lightning_classim.structure._agreement import agreement, check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._analyze import analyze, notes_not_warned
+from lightning_classim.structure._embedded import nearest_classes
 from lightning_classim.structure._result import (
     FailedGroup,
     GroupSummary,
@@ -62,6 +64,7 @@ __all__ = [
     "check_taxonomy",
     "compare_structures",
     "md_escape",
+    "nearest_classes",
     "notes_not_warned",
     "taxonomy_agreement",
 ]

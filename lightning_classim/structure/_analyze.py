@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from scipy.cluster.hierarchy import cophenet
 
+import lightning_classim.structure._embedded as _embedded
 from lightning_classim._validation import check_names, check_order
 from lightning_classim.options import StructureOptions, default_max_groups
-from lightning_classim.structure import _embedded
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._embedded import embedded_analysis, unit_vectors

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from scipy.cluster.hierarchy import cophenet, fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 
@@ -45,10 +44,13 @@ from lightning_classim._stats import condensed
 from lightning_classim.options import StructureOptions, default_max_groups
 from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries
 from lightning_classim.structure._levels import level_cuts, primary_level
-from lightning_classim.structure._pairs import LIMIT, NEAR_RATIO, _robust_spread, hubs
+from lightning_classim.structure._pairs import LIMIT, NEAR_RATIO, hubs, robust_spread
 from lightning_classim.structure._result import Level, Pair, best_k
 from lightning_classim.structure._silhouette import nested
 from lightning_classim.structure._tree import Cuts, leaf_order, maxclust_heights, positions
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DENSE_MAX", "EXACT_NEIGHBOURS_MAX", "EmbeddedSums", "embedded_tree", "embedded_parts", "unit_vectors"]
 
@@ -77,6 +79,8 @@ SKEW_PAIRS = 200_000
 
 def unit_vectors(embeddings: Any) -> np.ndarray:
     """The ``(m, r)`` float32 vectors of :class:`~lightning_classim.ClassEmbeddings` (or an array of unit rows)."""
+    import torch
+
     vectors = getattr(embeddings, "vectors", embeddings)
     arr = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
     if arr.ndim != 2 or arr.shape[0] < 2 or not np.issubdtype(arr.dtype, np.floating):
@@ -117,6 +121,8 @@ def check_embedded_options(opts: StructureOptions) -> None:
 
 def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 12) -> torch.Tensor:
     """Spherical k-means labels of the rows of ``x`` (k-means++-like seeds; empty clusters re-seeded)."""
+    import torch
+
     n = x.shape[0]
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [x[first]]
@@ -156,6 +162,8 @@ def leaf_clusters(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.nda
     grown above ``4 leaf_size`` is split again by :func:`split_leaves`. One full assignment (``O(m^2 r / leaf_size)``)
     and rounds over the nearest leaves only.
     """
+    import torch
+
     m = vectors.shape[0]
     if m <= leaf_size:
         return [np.arange(m)]
@@ -181,6 +189,8 @@ def refine_leaves(vectors: np.ndarray, leaves: list[np.ndarray]) -> list[np.ndar
     A split into a few parts cuts through groups of classes when there are many more of them; these rounds move
     the classes of such a cut group back together (``REFINE_ROUNDS`` rounds, or until under 0.5% move).
     """
+    import torch
+
     m, c = vectors.shape[0], len(leaves)
     if c < 2:
         return leaves
@@ -209,6 +219,8 @@ def refine_leaves(vectors: np.ndarray, leaves: list[np.ndarray]) -> list[np.ndar
 
 def split_leaves(vectors: np.ndarray, leaf_size: int, seed: int) -> list[np.ndarray]:
     """Split the classes by spherical k-means, ``BRANCH`` parts at a time, into parts of at most ``leaf_size``."""
+    import torch
+
     x = torch.from_numpy(vectors)
     generator = torch.Generator().manual_seed(seed)
     leaves: list[np.ndarray] = []
@@ -276,6 +288,8 @@ def leaf_size_for(m: int) -> int:
 
 def _local_distances(x64: torch.Tensor, idx: np.ndarray) -> np.ndarray:
     """The condensed ``1 - s`` of the classes ``idx``."""
+    import torch
+
     part = x64[torch.from_numpy(idx)]
     return np.maximum(1.0 - condensed((part @ part.T).clamp_(-1.0, 1.0).numpy()), 0.0)
 
@@ -319,6 +333,8 @@ def embedded_tree(
     See the module: leaves by spherical k-means (parted where their own tree joins classes farther apart than
     ``split_height``), exact average linkage inside them and above them.
     """
+    import torch
+
     m = vectors.shape[0]
     x64 = torch.from_numpy(vectors).to(torch.float64)
     leaves = leaf_clusters(vectors, leaf_size_for(m), seed)
@@ -406,6 +422,8 @@ class EmbeddedSums(BlockSums):
     """
 
     def __init__(self, vectors: np.ndarray, fine: np.ndarray | None = None) -> None:
+        import torch
+
         self.x64 = torch.from_numpy(vectors).to(torch.float64)
         self.num_classes = int(vectors.shape[0])
         self.self_dot = (self.x64 * self.x64).sum(1).numpy()
@@ -420,15 +438,20 @@ class EmbeddedSums(BlockSums):
             self.fine_block = self._direct_blocks(fine, n_fine)
 
     def _group_sums(self, labels: np.ndarray, k: int) -> torch.Tensor:
+        import torch
+
         return torch.zeros(k, self.x64.shape[1], dtype=torch.float64).index_add_(0, torch.from_numpy(labels), self.x64)
 
     def _direct_blocks(self, labels: np.ndarray, k: int) -> np.ndarray:
+
         sums = self._group_sums(labels, k)
         block = (sums @ sums.T).numpy()
         block[np.diag_indices(k)] += np.bincount(labels, weights=1.0 - self.self_dot, minlength=k)
         return block
 
     def rows_at(self, idx: np.ndarray) -> np.ndarray:
+        import torch
+
         assert self.fine is not None
         out = (self.fine_sums @ self.x64[torch.from_numpy(idx)].T).numpy()
         out[self.fine[idx], np.arange(idx.shape[0])] += 1.0 - self.self_dot[idx]
@@ -441,6 +464,8 @@ class EmbeddedSums(BlockSums):
 
 def offdiag_moments(vectors: np.ndarray, seed: int) -> tuple[float, float, float, float, int]:
     """Mean, centred sum of squares, standard deviation and (sampled) skew of the off-diagonal values; the pairs."""
+    import torch
+
     m = vectors.shape[0]
     x64 = torch.from_numpy(vectors).to(torch.float64)
     self_dot = (x64 * x64).sum(1)
@@ -483,6 +508,8 @@ def embedded_cophenetic_corr(z: np.ndarray, coph_dot_s: float, mean_s: float, s2
 
 def neighbours(vectors: np.ndarray, k: int, leaves: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each class's ``k`` most similar other classes ``(indices, values)``: exact, or among the probed leaves."""
+    import torch
+
     m = vectors.shape[0]
     k = min(k, m - 1)
     x = torch.from_numpy(vectors)
@@ -556,7 +583,7 @@ def embedded_pairs(
         cross = labels[a] != labels[b]
         a, b = a[cross][:4096], b[cross][:4096]
         sample = np.einsum("ij,ij->i", vectors[a], vectors[b]) - block_mean[labels[a], labels[b]]
-        spread = _robust_spread(sample)
+        spread = robust_spread(sample)
         if spread > 0:
             cut = spread * math.sqrt(2.0 * math.log(m * (m - 1) / 2))
             rows = np.repeat(np.arange(m), idx.shape[1])
@@ -675,6 +702,8 @@ def embedded_analysis(
 
 def gram_offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of the off-diagonal values of ``a a^T`` and ``b b^T`` (unit or zero rows), exactly."""
+    import torch
+
     ua, ub = torch.from_numpy(a).to(torch.float64), torch.from_numpy(b).to(torch.float64)
     m = a.shape[0]
     n = m * (m - 1)

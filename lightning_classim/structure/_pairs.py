@@ -37,7 +37,7 @@ HUB_MIN_GAP = 0.1
 LIMIT = 10
 
 
-def _robust_spread(values: np.ndarray) -> float:
+def robust_spread(values: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size else 0.0
 
 
@@ -70,7 +70,7 @@ def outliers(
     if block_mean.shape[0] < 2 or m < 4:
         return []
     sample = cross_residuals(sim, labels, block_mean, np.random.default_rng(seed))
-    spread = _robust_spread(sample)
+    spread = robust_spread(sample)
     if not spread > 0:
         return []
     cut = spread * math.sqrt(2.0 * math.log(m * (m - 1) / 2))
@@ -98,7 +98,7 @@ def hubs(row_sums: np.ndarray, diag: np.ndarray, names: Sequence[str]) -> list[P
     if m < 8:
         return []
     means = (row_sums - diag) / (m - 1)
-    spread = _robust_spread(means)
+    spread = robust_spread(means)
     if not spread > 0:
         return []
     z = (means - np.median(means)) / spread

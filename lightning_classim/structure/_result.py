@@ -352,9 +352,9 @@ class StructureResult:
         if not self.embedded:
             if factor == 1:
                 return np.asarray(self.similarity[np.ix_(self.order, self.order)])
-            from lightning_classim.render import _block_mean
+            from lightning_classim.render import block_mean
 
-            return _block_mean(np.asarray(self.similarity[np.ix_(self.order, self.order)]), factor)
+            return block_mean(np.asarray(self.similarity[np.ix_(self.order, self.order)]), factor)
         from lightning_classim.render import vector_block_mean
 
         assert self.vectors is not None

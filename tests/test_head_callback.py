@@ -137,3 +137,24 @@ def test_ddp_head_route_is_numpys_correlation_of_the_logits(tmp_path, sampler):
     else:
         reference = np.load(tmp_path / "logits.npy")
         np.testing.assert_allclose(got, np.corrcoef(reference, rowvar=False), atol=1e-5)
+
+
+class CosineHead(nn.Module):
+    """A cosine classifier: a weight of one row per class, but not linear in its input."""
+
+    def __init__(self, d: int, m: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(m, d))
+
+    def forward(self, x):
+        return 10 * nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+
+
+def test_a_head_that_is_not_linear_is_refused_not_misread(tmp_path):
+    model = make_model(pl, 12)
+    model.fc = CosineHead(D, 12)
+    loader, _ = data(12)
+    cb = ClassSimilarityCallback(12, head="fc", save_dir=tmp_path)
+    trainer = pl.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"the output of 'fc' is not `input @ weight.T \+ bias`"):
+        trainer.validate(model, loader, verbose=False)

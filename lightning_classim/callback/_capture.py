@@ -85,6 +85,9 @@ class Capture:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self.active and inputs and isinstance(inputs[0], Tensor):
                 self.features[f"input:{name}"] = inputs[0].detach()
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                if isinstance(out, Tensor):
+                    self.features[f"output:{name}"] = out.detach()
 
         return hook
 

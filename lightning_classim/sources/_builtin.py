@@ -124,11 +124,36 @@ class HeadSource(Source):
 
     def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:
         features = inputs.feature(f"input:{self.module}", self.name)
+        self._check_linear(features, inputs.features.get(f"output:{self.module}"), ctx)
         features = features.reshape(-1, features.shape[-1])
         if metric is None:  # the width is known at the first batch
             metric = HeadSimilarity(int(features.shape[1]), nan_strategy=ctx.nan_strategy).to(features.device)
         metric.update(features if features.is_floating_point() else features.float())
         return metric
+
+    def _check_linear(self, features: Tensor, output: Tensor | None, ctx: SourceContext) -> None:
+        """The head's output on a few rows is ``features @ weight.T + bias``: else the route would be wrong."""
+        if output is None or ctx.module is None:
+            return
+        weight, bias = self._weight(ctx)
+        rows = features.reshape(-1, features.shape[-1])[:4]
+        got = output.reshape(-1, output.shape[-1])[:4]
+        if rows.shape[-1] != weight.shape[1] or got.shape != (rows.shape[0], weight.shape[0]):
+            raise ValueError(
+                f"Source {self.name!r}: the head {self.module!r} maps inputs of shape {tuple(features.shape)} to "
+                f"outputs of shape {tuple(output.shape)}, not the (N, {weight.shape[1]}) -> (N, {weight.shape[0]}) of "
+                "its weight. Name the final linear layer."
+            )
+        with torch.no_grad():
+            want = torch.nn.functional.linear(rows.to(weight.dtype), weight, bias)
+            scale = float(want.abs().max()) + 1e-6
+            if not bool(torch.allclose(got.to(want.dtype), want, rtol=2e-2, atol=2e-2 * scale)):  # bf16 passes
+                raise ValueError(
+                    f"Source {self.name!r}: the output of {self.module!r} is not `input @ weight.T + bias` (a "
+                    "normalised or cosine classifier, a scale, an activation inside the module?), so the head route "
+                    "would give another matrix than its logits'. Name a plain linear layer, or drop `head=` for the "
+                    "dense route."
+                )
 
     def compute(self, metric: Metric | None, ctx: SourceContext) -> Any:  # ClassEmbeddings
         width = ctx.reduce_max(0 if not isinstance(metric, HeadSimilarity) else metric.num_features)

@@ -241,3 +241,19 @@ def test_pictures_of_embeddings_are_the_dense_matrixs(big):
     picture = labelled_heatmap(result, result.order, result.groups, max_pixels=256)
     assert picture.box[2] - picture.box[0] == 250
     np.testing.assert_allclose(offdiag_sample_of(result), offdiag_sample(s), atol=1e-6)
+
+
+def test_an_embedded_result_round_trips_on_disk_and_in_the_checkpoint_state(big, tmp_path):
+    from lightning_classim.artifacts import load_snapshot, write_snapshot
+    from lightning_classim.callback._state import results_from_state, results_to_state
+
+    result = big[-1]
+    folder = write_snapshot(tmp_path, 3, 30, result, None)
+    assert (folder / "vectors.npy").exists() and not (folder / "similarity.npy").exists()
+    for back in (load_snapshot(folder).result, results_from_state(results_to_state({"head:fc": result}))["head:fc"]):
+        assert back.embedded and np.array_equal(back.vectors, result.vectors)
+        assert np.array_equal(back.order, result.order) and np.array_equal(back.linkage, result.linkage)
+        assert back.to_dict()["groups"] == result.to_dict()["groups"]
+    (folder / "vectors.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="similarity.npy"):
+        load_snapshot(folder)

@@ -255,5 +255,5 @@ def test_an_embedded_result_round_trips_on_disk_and_in_the_checkpoint_state(big,
         assert np.array_equal(back.order, result.order) and np.array_equal(back.linkage, result.linkage)
         assert back.to_dict()["groups"] == result.to_dict()["groups"]
     (folder / "vectors.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="similarity.npy"):
+    with pytest.raises(FileNotFoundError, match=r"similarity\.npy"):
         load_snapshot(folder)

@@ -4,9 +4,10 @@ r"""The structure analysis of class embeddings, without the ``m x m`` matrix (10
 similarity matrix. :func:`~lightning_classim.analyze` given such embeddings builds the matrix and runs the dense
 analysis up to :data:`DENSE_MAX` classes (exact: the same result as the matrix gives); above it, this route:
 
-1. **Leaf clusters.** Balanced spherical k-means splits the classes, ``BRANCH`` (16) parts at a time, until every part
-   holds at most ``leaf_size`` classes (``max(8, 2 m / 4096)``: at most about 4,096 leaves), as extreme-classification
-   libraries build their label trees. ``O(m r BRANCH log m)``.
+1. **Leaf clusters.** Spherical k-means with ``2 m / leaf_size`` centres (``leaf_size = max(8, 2 m / 8192)``),
+   seeded by classes drawn at random, then rounds in which each class chooses among the 32 leaves nearest its own
+   (:func:`leaf_clusters`); a leaf whose own tree joins classes no more alike than random pairs is parted there
+   (:func:`split_mixed`, up to 16,384 leaves).
 2. **The tree.** Average linkage inside each leaf, on its own small matrix (exact). Above the leaves, average linkage
    over the leaves on their exact mean similarities (the dot products of their sum vectors, weighted by their sizes:
    what average linkage over the classes gives when it keeps each leaf together). A merge above the leaves is drawn
@@ -64,7 +65,7 @@ BRANCH = 128
 REFINE_ROUNDS = 20
 REFINE_PROBES = 32
 #: At most about this many leaves (the tree above them is built on a ``leaves x leaves`` matrix).
-MAX_LEAVES = 4096
+MAX_LEAVES = 8192
 #: A leaf is parted where its own tree joins classes whose mean similarity is below the off-diagonal mean plus this
 #: many standard deviations: sets of classes no more alike than two classes drawn at random are not kept together.
 MIXED_SD = 2.0

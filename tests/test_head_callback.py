@@ -158,3 +158,10 @@ def test_a_head_that_is_not_linear_is_refused_not_misread(tmp_path):
     trainer = pl.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"the output of 'fc' is not `input @ weight.T \+ bias`"):
         trainer.validate(model, loader, verbose=False)
+    # in fit, the sanity check's probe finds it before the first training epoch
+    again = ClassSimilarityCallback(12, head="fc", save_dir=tmp_path)
+    trainer = pl.Trainer(max_epochs=1, logger=False, callbacks=[again], enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"the output of 'fc' is not `input @ weight.T \+ bias`"):
+        trainer.fit(model, loader, loader)
+    assert trainer.global_step == 0

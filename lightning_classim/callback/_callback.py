@@ -405,6 +405,9 @@ class ClassSimilarityCallback(CallbackBase):
                     inputs.feature(f"input:{module}", src.name)
             if self._probe:  # the sanity check: what the sources need is there; nothing is accumulated
                 self._probe = self._capture.active = False
+                ctx = self._context(pl_module)
+                for src in self.sources:
+                    src.check(inputs, ctx)
                 return
             if stage != self._stage:
                 return

@@ -149,6 +149,9 @@ class Source:
     def setup(self, ctx: SourceContext) -> None:
         """Check the source against the model, before the first epoch (``ctx.module`` is set). Default: nothing."""
 
+    def check(self, inputs: BatchInputs, ctx: SourceContext) -> None:
+        """Check one step's inputs without accumulating them (the sanity check's probe). Default: nothing."""
+
     def make_metric(self, ctx: SourceContext) -> Metric | None:
         """A new metric this source streams into (``None`` for none, or one made at the first batch).
 

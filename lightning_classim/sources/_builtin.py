@@ -122,6 +122,10 @@ class HeadSource(Source):
             )
         self._weight(ctx)  # checks the head now, not after the first epoch
 
+    def check(self, inputs: BatchInputs, ctx: SourceContext) -> None:
+        features = inputs.feature(f"input:{self.module}", self.name)
+        self._check_linear(features, inputs.features.get(f"output:{self.module}"), ctx)
+
     def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:
         features = inputs.feature(f"input:{self.module}", self.name)
         self._check_linear(features, inputs.features.get(f"output:{self.module}"), ctx)

@@ -13,6 +13,8 @@ from :class:`HeadSimilarity` over 20,480 feature vectors. In the same run:
    search above 20,000 classes, forced here), and the times.
 2. m = 10,000 to 1,000,000 at D = 256: epoch-end time (``compute(weight)`` plus ``analyze``), each size in its own
    process for its peak memory.
+3. ``--callback``: a real ``Trainer.fit`` at m = 100,000 with ``ClassSimilarityCallback(head="fc")``: how long the
+   training thread waits at each epoch end, and how long the analysis takes on the worker thread.
 
 Results: ``results_bench_embedded_cpu.md``.
 """
@@ -121,15 +123,68 @@ def agreement(m: int = 10_000) -> None:
           f"classes finds {recall:.1%} of them here ({t_probe:.2f} s).\n")  # fmt: skip
 
 
+def in_the_callback(m: int = 100_000, d: int = 256) -> None:
+    """A real ``Trainer.fit`` with ``ClassSimilarityCallback(head="fc")``: what the training thread waits for."""
+    import tempfile
+
+    import pytorch_lightning as pl
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_classim import ClassSimilarityCallback, StructureOptions
+
+    class Wide(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(64, d), nn.ReLU())
+            self.fc = nn.Linear(d, m)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(4096, 64, generator=g), torch.randint(0, m, (4096,), generator=g)),
+                      batch_size=512)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cb = ClassSimilarityCallback(m, head="fc", options=StructureOptions(method="average", find_failed=False),
+                                     save_dir=tmp)  # fmt: skip
+        trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, logger=False, default_root_dir=tmp, callbacks=[cb],
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             num_sanity_val_steps=0)  # fmt: skip
+        start = time.perf_counter()
+        trainer.fit(Wide(), data, data)
+        total = time.perf_counter() - start
+    print(f"\n## In the callback: m = {m:,}, D = {d}, 2 epochs of `Trainer.fit` (4,096 validation samples)\n")
+    print("| epoch | training thread waits at the epoch end | analysis, pictures, files (worker thread) |")
+    print("| ---: | ---: | ---: |")
+    for i, (wait, work) in enumerate(zip(cb.epoch_end_wait_s, cb.analysis_s)):
+        print(f"| {i} | {wait:.2f} s | {work:.1f} s |")
+    print(f"\nThe whole fit: {total:.0f} s; peak memory of the process {peak_gb():.1f} GB.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="stop at 100,000 classes")
     parser.add_argument("--sizes-only", action="store_true", help="skip the agreement at 10,000 classes")
     parser.add_argument("--agreement-only", action="store_true", help="only the agreement at 10,000 classes")
+    parser.add_argument("--callback", action="store_true", help="only the callback at 100,000 classes")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_size(args.one)))
+        return
+    if args.callback:
+        in_the_callback()
         return
     if not args.sizes_only:
         agreement()

@@ -257,3 +257,12 @@ def test_an_embedded_result_round_trips_on_disk_and_in_the_checkpoint_state(big,
     (folder / "vectors.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"similarity\.npy"):
         load_snapshot(folder)
+
+
+def test_the_nearest_classes_the_analysis_found_are_numpys(big):
+    _, _, _, s, result = big
+    idx, val = result.nearest
+    off = s.copy()
+    np.fill_diagonal(off, -np.inf)
+    np.testing.assert_allclose(val, -np.sort(-off, axis=1)[:, :16], atol=1e-6)
+    np.testing.assert_allclose(off[np.arange(off.shape[0])[:, None], idx], val, atol=1e-6)

@@ -280,7 +280,10 @@ def explorer_html(
     if not full:
         width = min(band, m - 1)
         if last.embedded and last.vectors is not None:
-            idx, val = nearest_classes(last.vectors, neighbours)
+            if last.nearest is not None and last.nearest[0].shape[1] >= min(neighbours, m - 1):
+                idx, val = (a[:, : min(neighbours, m - 1)] for a in last.nearest)  # what the analysis found
+            else:
+                idx, val = nearest_classes(last.vectors, neighbours)
             cells = _vector_band(last.vectors, last.order, width)
         else:
             sim = np.asarray(last.similarity)

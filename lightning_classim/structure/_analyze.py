@@ -241,6 +241,7 @@ def _analyze_embedded(
         levels=out["levels"],
         pairs=out["pairs"],
         vectors=vectors,
+        nearest=out["nearest"],
     )
     if previous is not None:
         result.metrics.update(compare_structures(result, previous))

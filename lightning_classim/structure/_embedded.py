@@ -698,7 +698,8 @@ def embedded_analysis(
     if (opts.n_groups is not None and k < opts.n_groups) or (opts.automatic and k == 1):
         notes.append(f"The cut gave {k} group(s): merges tie, or the classes hold no groups.")
     return {"z": z, "order": order, "labels": labels, "summary": summary, "metrics": metrics, "split": split,
-            "levels": tuple(levels), "pairs": pairs, "scores": parts["scores"], "notes": notes}  # fmt: skip
+            "levels": tuple(levels), "pairs": pairs, "scores": parts["scores"], "notes": notes,
+            "nearest": nn}  # fmt: skip
 
 
 def gram_offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:

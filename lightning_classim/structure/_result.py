@@ -299,6 +299,9 @@ class StructureResult:
         vectors: for an analysis of class embeddings above 4,096 classes (see :func:`~lightning_classim.analyze`),
             the ``(m, r)`` float32 unit class vectors whose dot products are the matrix; ``similarity`` is then
             empty (``(0, 0)``): ask :meth:`matrix` for rows, :meth:`heatmap_matrix` for the picture.
+        nearest: for an embedded result, the 16 nearest classes of every class that the analysis found
+            (``(indices, similarities)``, ``(m, 16)`` each, most similar first); kept in memory for the explorer, not
+            saved (``None`` after loading).
     """
 
     similarity: np.ndarray
@@ -315,6 +318,7 @@ class StructureResult:
     levels: tuple[Level, ...] = ()
     pairs: tuple[Pair, ...] = ()
     vectors: np.ndarray | None = None
+    nearest: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:

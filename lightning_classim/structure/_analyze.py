@@ -13,15 +13,15 @@ from scipy.cluster.hierarchy import cophenet
 
 import lightning_classim.structure._embedded as _embedded
 from lightning_classim._validation import check_names, check_order
-from lightning_classim.options import StructureOptions, default_max_groups
+from lightning_classim.options import StructureOptions
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._embedded import embedded_analysis, unit_vectors
 from lightning_classim.structure._failed import failed_groups
-from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries, tree_cross_sums
-from lightning_classim.structure._levels import level_cuts, primary_level
+from lightning_classim.structure._groups import BlockSums, split_groups, summaries, tree_cross_sums
+from lightning_classim.structure._levels import choose_cut, plan_cuts
 from lightning_classim.structure._pairs import find_pairs
-from lightning_classim.structure._result import FailedGroup, Level, StructureResult, best_k
+from lightning_classim.structure._result import FailedGroup, Level, StructureResult
 from lightning_classim.structure._silhouette import dense, nested
 from lightning_classim.structure._tree import (
     Cuts,
@@ -112,15 +112,7 @@ def analyze(
         np.fill_diagonal(similarity, 1.0)
     sim = as_similarity_matrix(similarity)
     m = sim.shape[0]
-    opts.check_for(m)
-    names = check_names(class_names, m)
-    if previous is not None and previous.num_classes != m:
-        raise ValueError(
-            f"Expected argument `previous` to be an analysis of the same {m} classes, but it has "
-            f"{previous.num_classes}. Drop `previous` when the classes change."
-        )
-    if taxonomy is not None:
-        check_taxonomy(taxonomy, m, names)
+    names = _checked_inputs(opts, m, class_names, previous, taxonomy)
     if opts.optimal_ordering and m > OPTIMAL_ORDERING_MAX:
         raise ValueError(
             f"Expected `optimal_ordering=True` only up to {OPTIMAL_ORDERING_MAX} classes, but got {m} "
@@ -194,6 +186,22 @@ def analyze(
     return result
 
 
+def _checked_inputs(
+    opts: StructureOptions, m: int, class_names: Sequence[str] | None, previous: StructureResult | None, taxonomy: Any
+) -> list[str]:
+    """The options, names, previous analysis and taxonomy checked against ``m`` classes; the names."""
+    opts.check_for(m)
+    names = check_names(class_names, m)
+    if previous is not None and previous.num_classes != m:
+        raise ValueError(
+            f"Expected argument `previous` to be an analysis of the same {m} classes, but it has "
+            f"{previous.num_classes}. Drop `previous` when the classes change."
+        )
+    if taxonomy is not None:
+        check_taxonomy(taxonomy, m, names)
+    return names
+
+
 def _is_embeddings(value: Any) -> bool:
     """Class embeddings (``ClassEmbeddings``, or anything with ``vectors``) rather than a matrix."""
     return hasattr(value, "vectors") and hasattr(value, "neighbours")
@@ -209,20 +217,12 @@ def _analyze_embedded(
 ) -> StructureResult:
     """:func:`analyze` of class embeddings above ``DENSE_MAX`` classes (see ``_embedded``)."""
     m = vectors.shape[0]
-    opts.check_for(m)
-    names = check_names(class_names, m)
+    names = _checked_inputs(opts, m, class_names, previous, taxonomy)
     if order is not None:
         raise ValueError(
             f"Expected no `order` for class embeddings above {_embedded.DENSE_MAX} classes (the order comes from "
             "their tree), but got one. Drop `order`."
         )
-    if previous is not None and previous.num_classes != m:
-        raise ValueError(
-            f"Expected argument `previous` to be an analysis of the same {m} classes, but it has "
-            f"{previous.num_classes}. Drop `previous` when the classes change."
-        )
-    if taxonomy is not None:
-        check_taxonomy(taxonomy, m, names)
     out = embedded_analysis(vectors, opts, names, previous.order if previous is not None else None)
     if not _NOTES_QUIET.get():
         for note in out["notes"]:
@@ -290,23 +290,11 @@ def _groups(
     One pass over the matrix sums it over the clusters of a fine cut that the groups, the silhouette cuts and the
     split-group sub-blocks all nest in (monotone trees).
     """
-    if opts.n_groups is not None:
-        raw = cuts.into(opts.n_groups)
-    elif opts.distance_threshold is not None:
-        raw = cuts.at_height(opts.distance_threshold)
-    else:
-        raw = np.zeros(m, dtype=np.intp)
-    top = default_max_groups(m) if opts.max_groups is None else opts.max_groups
-    ks = range(2, max(2, min(top, m - 1)) + 1)
-    found = level_cuts(z, top) if cuts.monotone else []
-    need = max(ks) if opts.automatic else int(raw.max()) + 1
-    need = max([need] + [level[0] for level in found])
-    fine = cuts.into(max(need, split_fine_k(need, m))) if cuts.ranges is not None else None  # numbered along order
+    plan = plan_cuts(z, cuts, opts, m)
+    fine = cuts.into(plan.fine_k) if cuts.ranges is not None else None  # numbered along the order
     block_sums = BlockSums(sim, fine)
     metrics = {"cophenetic_corr": _cophenetic_corr(sim, dist, z, cuts, block_sums, m)}
-    scores: dict[int, float] = {}
-    tried = set(ks) if opts.automatic and m >= 3 else set()
-    wanted = sorted({level[0] for level in found if 2 <= level[0] < m} | tried)
+    wanted = plan.wanted(opts, m)
     every: dict[int, float] = {}
     if wanted:
         if cuts.ranges is not None and dist.linear:
@@ -314,17 +302,12 @@ def _groups(
             every = nested(block_sums, cuts.gaps, z, cuts.order, wanted)
         else:
             every = dense(dist, cuts, wanted)
-    if opts.automatic and m >= 3:
-        scores = {k: v for k, v in every.items() if k in ks}
-    levels = [(k, height, score, distinct, every.get(k, float("nan"))) for k, height, score, distinct in found]
-    primary = primary_level(found, top) if opts.automatic and opts.primary == "level" else None
-    if primary is not None:
-        metrics["silhouette"] = every.get(primary, float("nan"))
-        raw = cuts.into(primary)
-    elif scores:
-        best = best_k(scores)
-        metrics["silhouette"] = scores[best]
-        raw = cuts.into(best)
+    levels = [(k, height, score, distinct, every.get(k, float("nan"))) for k, height, score, distinct in plan.levels]
+    raw = plan.asked
+    chosen, silhouette, scores = choose_cut(plan, every, opts, m)
+    if chosen is not None:
+        metrics["silhouette"] = silhouette
+        raw = cuts.into(chosen)
     return raw, block_sums, scores, metrics, levels
 
 

@@ -42,11 +42,11 @@ from scipy.cluster.hierarchy import cophenet, fcluster
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 
 from lightning_classim._stats import condensed
-from lightning_classim.options import StructureOptions, default_max_groups
-from lightning_classim.structure._groups import BlockSums, split_fine_k, split_groups, summaries
-from lightning_classim.structure._levels import level_cuts, primary_level
+from lightning_classim.options import StructureOptions
+from lightning_classim.structure._groups import BlockSums, split_groups, summaries
+from lightning_classim.structure._levels import choose_cut, plan_cuts
 from lightning_classim.structure._pairs import LIMIT, NEAR_RATIO, hubs, robust_spread
-from lightning_classim.structure._result import Level, Pair, best_k
+from lightning_classim.structure._result import Level, Pair
 from lightning_classim.structure._silhouette import nested
 from lightning_classim.structure._tree import Cuts, leaf_order, maxclust_heights, positions
 
@@ -621,33 +621,18 @@ def embedded_parts(vectors: np.ndarray, opts: StructureOptions, previous_order: 
     z, coph_dot_s, leaves = embedded_tree(vectors, opts.seed, split_height=1.0 - (mean_s + MIXED_SD * std))
     order = leaf_order(z, positions(previous_order)) if previous_order is not None else leaf_order(z)
     cuts = Cuts(z, order)
-    if opts.n_groups is not None:
-        raw = cuts.into(opts.n_groups)
-    elif opts.distance_threshold is not None:
-        raw = cuts.at_height(opts.distance_threshold)
-    else:
-        raw = np.zeros(m, dtype=np.intp)
-    top = default_max_groups(m) if opts.max_groups is None else opts.max_groups
-    ks = range(2, max(2, min(top, m - 1)) + 1)
-    found = level_cuts(z, top)
-    need = max(ks) if opts.automatic else int(raw.max()) + 1
-    need = max([need] + [level[0] for level in found])
-    fine = cuts.into(max(need, split_fine_k(need, m)))
-    sums = EmbeddedSums(vectors, fine)
+    plan = plan_cuts(z, cuts, opts, m)
+    sums = EmbeddedSums(vectors, cuts.into(plan.fine_k))
     metrics: dict[str, float] = {"cophenetic_corr": embedded_cophenetic_corr(z, coph_dot_s, mean_s, s2, n_pairs)}
-    wanted = sorted({level[0] for level in found if 2 <= level[0] < m} | (set(ks) if opts.automatic else set()))
+    wanted = plan.wanted(opts, m)
     assert cuts.gaps is not None
     every = nested(sums, cuts.gaps, z, cuts.order, wanted) if wanted else {}
-    scores = {k: v for k, v in every.items() if k in ks} if opts.automatic else {}
-    primary = primary_level(found, top) if opts.automatic and opts.primary == "level" else None
-    if primary is not None:
-        metrics["silhouette"] = every.get(primary, float("nan"))
-        raw = cuts.into(primary)
-    elif scores:
-        best = best_k(scores)
-        metrics["silhouette"] = scores[best]
-        raw = cuts.into(best)
-    levels = [(k, height, score, distinct, every.get(k, float("nan"))) for k, height, score, distinct in found]
+    raw = plan.asked
+    chosen, silhouette, scores = choose_cut(plan, every, opts, m)
+    if chosen is not None:
+        metrics["silhouette"] = silhouette
+        raw = cuts.into(chosen)
+    levels = [(k, height, score, distinct, every.get(k, float("nan"))) for k, height, score, distinct in plan.levels]
     return {"z": z, "order": order, "cuts": cuts, "raw": raw, "sums": sums, "metrics": metrics, "scores": scores,
             "levels": levels, "moments": (mean_s, std, skew), "leaves": leaves}  # fmt: skip
 

@@ -28,11 +28,28 @@ groups (a cut there gives exactly them).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
-from lightning_classim.options import default_max_groups
+from lightning_classim.options import StructureOptions, default_max_groups
+from lightning_classim.structure._groups import split_fine_k
+from lightning_classim.structure._result import best_k
+from lightning_classim.structure._tree import Cuts
 
-__all__ = ["DISTINCT_SCORE", "DISTINCT_SHARE", "MAX_LEVELS", "READING_SCORE", "level_cuts", "primary_level"]
+__all__ = [
+    "DISTINCT_SCORE",
+    "DISTINCT_SHARE",
+    "MAX_LEVELS",
+    "READING_SCORE",
+    "CutPlan",
+    "choose_cut",
+    "level_cuts",
+    "plan_cuts",
+    "primary_level",
+]
 
 DISTINCT_SCORE = 12.0
 DISTINCT_SHARE = 0.04
@@ -108,3 +125,62 @@ def primary_level(levels: list[tuple[int, float, float, bool]], max_groups: int)
     if distinct:
         return max(distinct, key=lambda level: level[2])[0]
     return max(level[0] for level in usable) if usable else None
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """What the groups are chosen among (one place for the dense route and the embedding route).
+
+    Attributes:
+        asked: the cut ``n_groups`` or ``distance_threshold`` asks for (all zeros when neither is given).
+        top: the largest number of groups the automatic choice tries.
+        ks: the numbers of groups whose silhouettes the automatic choice compares.
+        levels: the levels of the tree, ``(k, height, score, distinct)`` (none for a tree that is not monotone).
+        fine_k: the number of groups of the fine cut that every cut used (groups, levels, silhouettes, split-group
+            sub-blocks) nests in.
+    """
+
+    asked: np.ndarray
+    top: int
+    ks: range
+    levels: list[tuple[int, float, float, bool]]
+    fine_k: int
+
+    def wanted(self, opts: StructureOptions, m: int) -> list[int]:
+        """The numbers of groups whose mean silhouettes are computed: the levels', and ``ks`` when automatic."""
+        tried = set(self.ks) if opts.automatic and m >= 3 else set()
+        return sorted({level[0] for level in self.levels if 2 <= level[0] < m} | tried)
+
+
+def plan_cuts(z: np.ndarray, cuts: Cuts, opts: StructureOptions, m: int) -> CutPlan:
+    """The :class:`CutPlan` of a tree and the options."""
+    if opts.n_groups is not None:
+        asked = cuts.into(opts.n_groups)
+    elif opts.distance_threshold is not None:
+        asked = cuts.at_height(opts.distance_threshold)
+    else:
+        asked = np.zeros(m, dtype=np.intp)
+    top = default_max_groups(m) if opts.max_groups is None else opts.max_groups
+    ks = range(2, max(2, min(top, m - 1)) + 1)
+    found = level_cuts(z, top) if cuts.monotone else []
+    need = max(ks) if opts.automatic else int(asked.max()) + 1
+    need = max([need] + [level[0] for level in found])
+    return CutPlan(asked, top, ks, found, max(need, split_fine_k(need, m)))
+
+
+def choose_cut(
+    plan: CutPlan, every: Mapping[int, float], opts: StructureOptions, m: int
+) -> tuple[int | None, float, dict[int, float]]:
+    """The automatic number of groups, its mean silhouette, and the silhouettes it was chosen among.
+
+    The primary level (``primary="level"``), else the best mean silhouette over ``plan.ks``; ``None`` when
+    ``n_groups`` or ``distance_threshold`` chose the cut (or nothing can be chosen).
+    """
+    scores = {k: v for k, v in every.items() if k in plan.ks} if opts.automatic and m >= 3 else {}
+    primary = primary_level(plan.levels, plan.top) if opts.automatic and opts.primary == "level" else None
+    if primary is not None:
+        return primary, every.get(primary, math.nan), scores
+    if scores:
+        best = best_k(scores)
+        return best, scores[best], scores
+    return None, math.nan, scores

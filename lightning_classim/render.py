@@ -168,20 +168,19 @@ def num_classes_of(matrix: Any) -> int:
     return int(np.shape(matrix)[0])
 
 
-def vector_block_mean(vectors: np.ndarray, order: np.ndarray, factor: int) -> np.ndarray:
-    """Means of ``factor x factor`` blocks of the matrix ``V V^T`` (diagonal 1) in ``order``, from block sum vectors.
+def vector_block_mean(vectors: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Means of the blocks of the matrix ``V V^T`` (diagonal 1) in ``order``, over runs of classes from ``starts``.
 
-    Exact and ``O(m r)``: the sum over a block is the dot product of its two runs' sum vectors (plus, on the
-    diagonal, 1 - |v|^2 for each class, whose similarity with itself is 1).
+    Block ``(a, b)`` is the mean over the classes at positions ``starts[a]..starts[a+1]`` and ``starts[b]..``: exact
+    and ``O(m r)``, from the runs' sum vectors (plus, on the diagonal, ``1 - |v|^2`` for each class, whose similarity
+    with itself is 1).
     """
     vec = np.asarray(vectors, dtype=np.float64)[order]
     m = vec.shape[0]
-    p = -(-m // factor)
-    bins = np.arange(m) // factor
-    sums = np.add.reduceat(vec, np.arange(0, m, factor), axis=0)
+    sizes = np.diff(np.append(starts, m)).astype(np.float64)
+    sums = np.add.reduceat(vec, starts, axis=0)
     block = sums @ sums.T
-    block[np.diag_indices(p)] += np.bincount(bins, weights=1.0 - (vec * vec).sum(1), minlength=p)
-    sizes = np.bincount(bins, minlength=p).astype(np.float64)
+    block[np.diag_indices(starts.shape[0])] += np.add.reduceat(1.0 - (vec * vec).sum(1), starts)
     return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0).astype(np.float32)
 
 
@@ -250,7 +249,7 @@ def render_heatmap(
     factor = -(-m // max_pixels)
     block: np.ndarray | None
     if vectors is not None:
-        block = vector_block_mean(vectors, idx, factor)
+        block = vector_block_mean(vectors, idx, np.arange(0, m, factor))
         order = None  # already in the order
     else:
         block = _ordered_block_mean(mat, idx, factor) if factor > 1 else None

@@ -1,4 +1,6 @@
 import os
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,3 +50,52 @@ def assert_heatmap_inside(image: np.ndarray, box, matrix, order=None, groups=Non
     side = crop.shape[0]
     expected = render_heatmap(matrix, order, groups, max_pixels=side, min_pixels=side, **kwargs)
     np.testing.assert_array_equal(crop, expected)
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline ``.wandb`` file (a LevelDB-style log of W&B protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, records, buf = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+    return records
+
+
+def lightning_net(namespace, in_dim: int, hidden: int, m: int, activation=None, optimizer=None):
+    """A small classifier (``body`` then the linear head ``fc``) as a LightningModule of either namespace."""
+    import torch
+    from torch import nn
+
+    class Net(namespace.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(in_dim, hidden), (activation or nn.ReLU)())
+            self.fc = nn.Linear(hidden, m)
+
+        def forward(self, x):
+            return self.fc(self.body(x))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            return self(batch[0])
+
+        def configure_optimizers(self):
+            return (optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2)))(self.parameters())
+
+    torch.manual_seed(0)
+    return Net()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import wandb_records
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from scipy.spatial.distance import squareform
@@ -61,31 +62,9 @@ def logits_of(net: DemoClassifier, val) -> np.ndarray:
 
 
 def wandb_offline_summary(path: Path) -> dict[str, str]:
-    """Run-summary updates recorded in an offline ``.wandb`` file (a LevelDB-style log of W&B protobuf records)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, block, records, buf = 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 2):
-            buf = chunk
-        elif kind in (3, 4):
-            buf += chunk
-        if kind in (1, 4):
-            records.append(buf)
+    """Run-summary updates recorded in an offline ``.wandb`` file."""
     summary = {}
-    for raw in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in wandb_records(path):
         if record.WhichOneof("record_type") == "summary":
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = item.value_json

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import lightning_net
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -26,26 +27,7 @@ M, D = 4200, 24  # above 4,096 classes: the analysis without the m x m matrix
 
 
 def make_model(namespace, m: int = M):
-    class Net(namespace.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.body = nn.Sequential(nn.Linear(8, D), nn.Tanh())
-            self.fc = nn.Linear(D, m)
-
-        def forward(self, x):
-            return self.fc(self.body(x))
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-        def validation_step(self, batch, batch_idx):
-            return self(batch[0])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    return Net()
+    return lightning_net(namespace, 8, D, m, activation=nn.Tanh, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
 
 
 def data(m: int = M):

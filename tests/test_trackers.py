@@ -2,18 +2,15 @@
 
 import io
 import json
-import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import assert_heatmap_inside
+from conftest import assert_heatmap_inside, lightning_net, wandb_records
 from PIL import Image
 from scipy.cluster.hierarchy import cophenet
 from sklearn.metrics import adjusted_rand_score
-from torch import nn
 
 from lightning_classim import ClassSimilarityCallback
 from lightning_classim.artifacts import list_snapshots, load_snapshot
@@ -27,27 +24,7 @@ M = 12
 
 def make_net(namespace):
     """The same small classifier as a LightningModule of either namespace."""
-
-    class Net(namespace.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
-            self.fc = nn.Linear(32, M)
-
-        def forward(self, x):
-            return self.fc(self.body(x))
-
-        def training_step(self, batch, batch_idx):
-            return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-        def validation_step(self, batch, batch_idx):
-            return self(batch[0])
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    torch.manual_seed(0)
-    return Net()
+    return lightning_net(namespace, 16, 32, M)
 
 
 def fit(namespace, tmp_path, loggers, epochs=2, **cb):
@@ -80,27 +57,6 @@ def test_tensorboard_in_both_namespaces_with_the_loggers_prefix(tmp_path, name):
     assert_heatmap_inside(image, box, snap.result.similarity, snap.result.order, snap.result.groups)
     assert image.shape[1] > box[2] + 20 and box[0] > 40 and box[1] > 40  # colour bar right, names left and on top
     assert (image[box[1] : box[3], : box[0] - 2] < 128).any()  # text left of the heatmap
-
-
-def wandb_records(path: Path) -> list:
-    """The records of an offline ``.wandb`` file (a LevelDB-style log of W&B protobuf records)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    pos, block, records, buf = 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-    return records
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_classim.render import colormap_lut
+from lightning_classim.render import colormap_lut, vector_block_mean
 from lightning_classim.structure import StructureResult, nearest_classes
 
 __all__ = ["FULL_MAX", "ExplorerEpoch", "compare_html", "explorer_html", "quantise", "write_explorer"]
@@ -67,14 +67,19 @@ def _blob(array: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(np.ascontiguousarray(array).tobytes(), 6)).decode("ascii")
 
 
+def _block_starts(m: int, blocks: int) -> np.ndarray:
+    """The first position of each of ``blocks`` runs of nearly equal length along ``m`` classes."""
+    return np.linspace(0, m, blocks + 1).round().astype(np.int64)[:-1]
+
+
 def _block_means(sim: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Means of the matrix over ``blocks x blocks`` runs of classes along ``order``; and each block's first position.
 
     Two ``np.add.reduceat`` passes over the rows and columns taken in ``order`` (NaN cells count as missing).
     """
     m = sim.shape[0]
-    edges = np.linspace(0, m, blocks + 1).round().astype(np.int64)
-    starts = edges[:-1]
+    starts = _block_starts(m, blocks)
+    edges = np.append(starts, m)
     rows = sim[order]
     finite = np.isfinite(rows)
     if not finite.all():
@@ -86,19 +91,6 @@ def _block_means(sim: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.nd
     sums = np.add.reduceat(np.add.reduceat(rows, starts, axis=0, dtype=np.float64)[:, order], starts, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), starts
-
-
-def _vector_block_means(vectors: np.ndarray, order: np.ndarray, blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_block_means` of the matrix of unit class vectors, from the runs' sum vectors (no ``m x m`` matrix)."""
-    m = vectors.shape[0]
-    edges = np.linspace(0, m, blocks + 1).round().astype(np.int64)
-    starts = edges[:-1]
-    vec = np.asarray(vectors, dtype=np.float64)[order]
-    sums = np.add.reduceat(vec, starts, axis=0)
-    block = sums @ sums.T
-    block[np.diag_indices(blocks)] += np.add.reduceat(1.0 - (vec * vec).sum(1), starts)
-    sizes = np.diff(edges).astype(np.float64)
-    return np.clip(block / np.outer(sizes, sizes), -1.0, 1.0), starts
 
 
 def _vector_band(vectors: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
@@ -266,11 +258,11 @@ def explorer_html(
         if full:
             entry["full"] = _blob(quantise(np.asarray(e.result.matrix())))
         else:
-            means, starts = (
-                _vector_block_means(e.result.vectors, last.order, min(overview, m))
-                if e.result.embedded and e.result.vectors is not None
-                else _block_means(np.asarray(e.result.similarity), last.order, min(overview, m))
-            )
+            if e.result.embedded and e.result.vectors is not None:
+                starts = _block_starts(m, min(overview, m))
+                means = vector_block_mean(e.result.vectors, last.order, starts)
+            else:
+                means, starts = _block_means(np.asarray(e.result.similarity), last.order, min(overview, m))
             entry["overview"] = {
                 "blocks": int(means.shape[0]),
                 "starts": starts.tolist(),

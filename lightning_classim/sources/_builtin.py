@@ -127,8 +127,9 @@ class HeadSource(Source):
         self._check_linear(features, inputs.features.get(f"output:{self.module}"), ctx)
 
     def update(self, metric: Metric | None, inputs: BatchInputs, ctx: SourceContext) -> Metric | None:
+        if metric is None or metric.update_count == 0:  # the first batch since the epoch began
+            self.check(inputs, ctx)
         features = inputs.feature(f"input:{self.module}", self.name)
-        self._check_linear(features, inputs.features.get(f"output:{self.module}"), ctx)
         features = features.reshape(-1, features.shape[-1])
         if metric is None:  # the width is known at the first batch
             metric = HeadSimilarity(int(features.shape[1]), nan_strategy=ctx.nan_strategy).to(features.device)

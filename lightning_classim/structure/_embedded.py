@@ -48,12 +48,25 @@ from lightning_classim.structure._levels import choose_cut, plan_cuts
 from lightning_classim.structure._pairs import LIMIT, NEAR_RATIO, hubs, robust_spread
 from lightning_classim.structure._result import Level, Pair
 from lightning_classim.structure._silhouette import nested
-from lightning_classim.structure._tree import Cuts, leaf_order, maxclust_heights, positions
+from lightning_classim.structure._tree import Cuts, leaf_order, positions
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DENSE_MAX", "EXACT_NEIGHBOURS_MAX", "EmbeddedSums", "embedded_tree", "embedded_parts", "unit_vectors"]
+__all__ = [
+    "DENSE_MAX",
+    "EXACT_NEIGHBOURS_MAX",
+    "EmbeddedSums",
+    "embedded_analysis",
+    "embedded_parts",
+    "embedded_tree",
+    "gram_offdiag_corr",
+    "leaf_clusters",
+    "nearest_classes",
+    "neighbours",
+    "split_mixed",
+    "unit_vectors",
+]
 
 #: Up to this many classes, ``analyze(embeddings)`` builds the matrix (64 MB in float32) and runs the dense route.
 DENSE_MAX = 4096
@@ -704,8 +717,3 @@ def gram_offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:
     cov = sab / n - (sa / n) * (sb / n)
     var = (saa / n - (sa / n) ** 2) * (sbb / n - (sb / n) ** 2)
     return cov / math.sqrt(var) if var > 0 else float("nan")
-
-
-def embedded_heights(z: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """The heights that cut the tree into ``ks`` groups (for tests and the docs)."""
-    return maxclust_heights(z, ks)

@@ -362,7 +362,7 @@ class StructureResult:
         from lightning_classim.render import vector_block_mean
 
         assert self.vectors is not None
-        return vector_block_mean(self.vectors, self.order, factor)
+        return vector_block_mean(self.vectors, self.order, np.arange(0, m, factor))
 
     @property
     def n_groups(self) -> int:

@@ -212,6 +212,8 @@ def test_notes_and_errors():
         analyze(embeddings(v), clip_negative=True)
     with pytest.raises(ValueError, match=r"`distance='correlation'`.*got distance='rows'"):
         analyze(embeddings(v), distance="rows")
+    with pytest.raises(ValueError, match=r"`optimal_ordering=False` for class embeddings.*got optimal_ordering=True"):
+        analyze(embeddings(v), optimal_ordering=True)
     with pytest.raises(ValueError, match="Expected no `order` for class embeddings"):
         analyze(embeddings(v), order=np.arange(4200), method="average", find_failed=False)
     bad = v.copy()
@@ -266,3 +268,16 @@ def test_the_nearest_classes_the_analysis_found_are_numpys(big):
     np.fill_diagonal(off, -np.inf)
     np.testing.assert_allclose(val, -np.sort(-off, axis=1)[:, :16], atol=1e-6)
     np.testing.assert_allclose(off[np.arange(off.shape[0])[:, None], idx], val, atol=1e-6)
+
+
+def test_bad_class_vectors_on_disk_and_in_a_picture(big):
+    from lightning_classim.render import render_heatmap
+    from lightning_classim.structure import StructureResult
+
+    result = big[-1]
+    arrays = result.arrays()
+    arrays["vectors"] = arrays["vectors"][:10]
+    with pytest.raises(ValueError, match=r"Expected class vectors of shape \(5000, r\) for 5000 classes"):
+        StructureResult.from_parts(arrays, result.to_dict(), list(result.class_names))
+    with pytest.raises(ValueError, match=r"Expected class vectors of shape \(m, r\), but got shape \(5,\)"):
+        render_heatmap(ClassEmbeddings(torch.zeros(5), torch.zeros(0, dtype=torch.long)))

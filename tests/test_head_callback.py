@@ -147,3 +147,38 @@ def test_a_head_that_is_not_linear_is_refused_not_misread(tmp_path):
     with pytest.raises(ValueError, match=r"the output of 'fc' is not `input @ weight.T \+ bias`"):
         trainer.fit(model, loader, loader)
     assert trainer.global_step == 0
+
+
+class WidthChangingHead(nn.Module):
+    """A weight of one row per class, but the input it is fed is not the width its weight reads."""
+
+    def __init__(self, m: int) -> None:
+        super().__init__()
+        self.inner = nn.Linear(D, D)
+        self.weight = nn.Parameter(torch.randn(m, 2 * D))
+
+    def forward(self, x):
+        return self.inner(x) @ self.weight[:, :D].T
+
+
+def test_head_source_errors_name_the_problem(tmp_path):
+    from lightning_classim.sources import SourceContext
+
+    loader, _ = data(12)
+    model = make_model(pl, 12)
+    model.fc = WidthChangingHead(12)
+    trainer = pl.Trainer(logger=False, callbacks=[ClassSimilarityCallback(12, head="fc", save_dir=tmp_path)],
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"the head 'fc' maps inputs of shape \(\d+, 24\) to outputs of shape"):
+        trainer.validate(model, loader, verbose=False)
+    # the source named as a string, with scores that are not logits: refused at set-up
+    cb = ClassSimilarityCallback(12, sources=["head:fc"], scores="probs", save_dir=tmp_path)
+    trainer = pl.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(
+        ValueError, match=r"correlates the logits of a linear head, but the callback has scores='probs'"
+    ):
+        trainer.validate(make_model(pl, 12), loader, verbose=False)
+    # no process saw a batch
+    ctx = SourceContext(12, module=make_model(pl, 12))
+    with pytest.raises(ValueError, match=r"Source 'head:fc' saw no input of 'fc' on any process in this epoch"):
+        HeadSource("fc").compute(None, ctx)

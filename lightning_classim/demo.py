@@ -4,12 +4,22 @@ Trains it and logs its class-similarity structure to TensorBoard, epoch by epoch
 
 The data set is generated (nothing is downloaded): 48 classes named ``superclass/subclass/class`` (e.g.
 ``vehicle/rail/tram``) in 8 superclasses of 2 subclasses (:data:`TAXONOMY`). Each class's prototype is the sum of a
-superclass, a subclass and a class component, and a sample is its class's prototype plus noise, so the features
-nest as the names do. One pair is planted: ``furniture/seat/couch`` has the prototype of ``furniture/seat/sofa``
-(two names for one thing), a near duplicate. The demo trains slowly (a learning rate of 1e-4, a quarter of the
-training set an epoch) so that the first epochs are blurred and the structure forms over the run; the taxonomy is
-passed to the callback, so the logged ``taxonomy_ari`` (superclasses) and ``taxonomy_ari/level2`` (subclasses) show
-how far the learned structure matches the known one.
+superclass, a subclass and a class component (orthonormal directions, so that classes of different superclasses share
+nothing by chance), and a sample is its class's prototype plus noise, so the features nest as the names do. One of
+each thing the analysis finds is planted:
+
+* a near duplicate (:data:`NEAR_DUPLICATE`): ``furniture/seat/couch`` has the prototype of ``furniture/seat/sofa``
+  (two names for one thing);
+* a failed group (:data:`FAILED_GROUP`): ``vehicle/road/van``, ``animal/pet/rabbit`` and
+  ``instrument/string/cello`` share one more component (a feature of their own, as the paper's celebrities who
+  wear glasses), so they are alike across three superclasses while each stays with its own subclass;
+* a split group (:data:`SPLIT_GROUP`): the subclasses ``vehicle/rail`` and ``building/landmark`` share one more
+  component (the paper's monochrome actors of both genders), a dense block off the diagonal.
+
+The demo trains slowly (a learning rate of 1e-4, growing by a tenth each epoch, and a quarter of the training set an
+epoch) so that the first epochs are blurred and the structure forms over the run; the taxonomy is passed to the
+callback, so the logged ``taxonomy_ari`` (superclasses) and ``taxonomy_ari/level2`` (subclasses) show how far the
+learned structure matches the known one.
 
 :func:`hierarchical_data` and :func:`loaders` make smaller two-level data sets (for tests and examples).
 """
@@ -28,6 +38,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
+    "FAILED_GROUP",
+    "NEAR_DUPLICATE",
+    "SPLIT_GROUP",
     "TAXONOMY",
     "DemoClassifier",
     "demo_data",
@@ -65,6 +78,10 @@ TAXONOMY: dict[str, dict[str, list[str]]] = {
 }
 #: The planted near duplicate: the second class gets the first's prototype.
 NEAR_DUPLICATE = ("furniture/seat/sofa", "furniture/seat/couch")
+#: The planted failed group: three classes of three superclasses share one more component.
+FAILED_GROUP = ("vehicle/road/van", "animal/pet/rabbit", "instrument/string/cello")
+#: The planted split group: two subclasses of two superclasses share one more component.
+SPLIT_GROUP = ("vehicle/rail", "building/landmark")
 
 
 def demo_data(
@@ -73,15 +90,18 @@ def demo_data(
     seed: int = 0,
     weights: tuple[float, float, float] = (2.5, 2.0, 1.2),
     noise: float = 4.0,
+    planted: float = 2.5,
 ) -> tuple[Tensor, Tensor, list[str], list[list[str]]]:
-    """The demo's data set: :data:`TAXONOMY`'s 48 classes with nested prototypes.
+    """The demo's data set: :data:`TAXONOMY`'s 48 classes with nested prototypes and the planted structure.
 
     Args:
         n_per_class: samples per class.
-        dim: number of features.
-        seed: seed of the prototypes, the noise and the shuffle.
+        dim: number of features (at least 74: one orthonormal direction per superclass, subclass, class and plant).
+        seed: seed of the directions, the noise and the shuffle.
         weights: the weights of the superclass, subclass and class components of each prototype.
         noise: standard deviation of the noise added to each sample.
+        planted: the weight of the component that the :data:`FAILED_GROUP`'s classes share, and of the one that the
+            :data:`SPLIT_GROUP`'s subclasses share; 0 plants neither (the near duplicate stays).
 
     Returns:
         ``(x, y, class_names, taxonomy)``: ``x`` is ``(n, dim)`` float32, ``y`` the class index, and ``taxonomy``
@@ -93,22 +113,34 @@ def demo_data(
         >>> x.shape, len(names), names[0], supers[0], subs[0]
         (torch.Size([96, 128]), 48, 'vehicle/road/car', 'vehicle', 'vehicle/road')
     """
+    n_sub = sum(len(children) for children in TAXONOMY.values())
+    n_class = sum(len(c) for children in TAXONOMY.values() for c in children.values())
+    needed = len(TAXONOMY) + n_sub + n_class + 2
+    if dim < needed:
+        raise ValueError(f"Expected `dim` of at least {needed} (one direction per component), but got {dim}.")
     g = torch.Generator().manual_seed(seed)
+    directions = iter(torch.linalg.qr(torch.randn(dim, needed, generator=g))[0].T * dim**0.5)
     w_super, w_sub, w_class = weights
     names: list[str] = []
     supers: list[str] = []
     subs: list[str] = []
     protos = []
     for sup, children in TAXONOMY.items():
-        centre = torch.randn(dim, generator=g)
+        centre = next(directions)
         for sub, classes in children.items():
-            middle = torch.randn(dim, generator=g)
+            middle = next(directions)
             for name in classes:
                 names.append(f"{sup}/{sub}/{name}")
                 supers.append(sup)
                 subs.append(f"{sup}/{sub}")
-                protos.append(w_super * centre + w_sub * middle + w_class * torch.randn(dim, generator=g))
+                protos.append(w_super * centre + w_sub * middle + w_class * next(directions))
     proto = torch.stack(protos)
+    shared_failed, shared_split = next(directions), next(directions)
+    for name in FAILED_GROUP:
+        proto[names.index(name)] += planted * shared_failed
+    for i, sub in enumerate(subs):
+        if sub in SPLIT_GROUP:
+            proto[i] += planted * shared_split
     proto[names.index(NEAR_DUPLICATE[1])] = proto[names.index(NEAR_DUPLICATE[0])]
     y = torch.arange(len(names)).repeat_interleave(n_per_class)
     x = proto[y] + noise * torch.randn(len(y), dim, generator=g)
@@ -163,10 +195,13 @@ class DemoClassifier(pl.LightningModule):
         in_dim: input features.
         num_classes: output classes.
         hidden: hidden width.
-        lr: Adam learning rate.
+        lr: Adam learning rate (of the first epoch).
+        lr_growth: factor of the learning rate from one epoch to the next (1: constant).
     """
 
-    def __init__(self, in_dim: int = 64, num_classes: int = 48, hidden: int = 128, lr: float = 3e-3) -> None:
+    def __init__(
+        self, in_dim: int = 64, num_classes: int = 48, hidden: int = 128, lr: float = 3e-3, lr_growth: float = 1.0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
@@ -188,8 +223,13 @@ class DemoClassifier(pl.LightningModule):
         self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
         return logits
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
-        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+    def configure_optimizers(self) -> Any:  # noqa: D102
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
+        lr_growth = float(self.hparams.get("lr_growth", 1.0))
+        if lr_growth == 1.0:
+            return optimizer
+        growth = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_growth)
+        return {"optimizer": optimizer, "lr_scheduler": growth}
 
 
 def loaders(
@@ -223,7 +263,7 @@ def run_demo(out_dir: str | Path = "classim_demo", epochs: int = 12, seed: int =
     cut = int(0.8 * len(y))
     train = DataLoader(TensorDataset(x[:cut], y[:cut]), batch_size=128, shuffle=True)
     val = DataLoader(TensorDataset(x[cut:], y[cut:]), batch_size=256)
-    model = DemoClassifier(in_dim=x.shape[1], num_classes=len(names), hidden=256, lr=1e-4)
+    model = DemoClassifier(in_dim=x.shape[1], num_classes=len(names), hidden=256, lr=1e-4, lr_growth=1.1)
     logger = TensorBoardLogger(str(out_dir), name="demo")
     callback = ClassSimilarityCallback(len(names), class_names=names, taxonomy=taxonomy)
     trainer = pl.Trainer(
@@ -253,13 +293,14 @@ def demo_figures(run_dir: str | Path) -> dict[str, Any]:
     Returns:
         ``first_epoch``, ``first_taxonomy_ari``, ``last_epoch``, ``last_taxonomy_ari`` (the tree cut into as many
         groups as superclasses), ``levels`` (one dict per level, coarse to fine: ``n_groups``, ``superclass_ari``,
-        ``subclass_ari``) and ``pairs`` (``(kind, a, b)``).
+        ``subclass_ari``), ``pairs`` (``(kind, a, b)``), ``failed_groups`` (the names of each one's classes) and
+        ``split_groups`` (the names of the classes of each one's two sets).
     """
     from lightning_classim._stats import adjusted_rand_index
     from lightning_classim.runs import load_run
 
     run = load_run(run_dir)
-    _, _, _, (supers, subs) = demo_data(n_per_class=1)
+    _, _, names, (supers, subs) = demo_data(n_per_class=1)
     codes = [np.unique(np.asarray(level), return_inverse=True)[1] for level in (supers, subs)]
     first, last = run.snapshots[0], run.snapshots[-1]
     levels = [
@@ -274,6 +315,8 @@ def demo_figures(run_dir: str | Path) -> dict[str, Any]:
         "last_taxonomy_ari": float(last.metrics.get("taxonomy_ari", float("nan"))),
         "levels": levels,
         "pairs": [(p.kind, p.a, p.b) for p in last.result.pairs],
+        "failed_groups": [[names[i] for i in f.members] for f in last.result.failed_groups],
+        "split_groups": [tuple([names[i] for i in part] for part in g.members) for g in last.result.split_groups],
     }
 
 
@@ -314,6 +357,10 @@ def run_cli(out: str | Path, epochs: int, seed: int, progress: bool = True, pict
               f"subclass ARI {level['subclass_ari']:.2f}")  # fmt: skip
     for kind, a, b in figures["pairs"]:
         print(f"    pair worth a look ({kind.replace('_', ' ')}): {a} {b}".rstrip())
+    for members in figures["failed_groups"]:
+        print(f"    failed group (alike, scattered over groups): {', '.join(members)}")
+    for one, other in figures["split_groups"]:
+        print(f"    split group (a dense block off the diagonal): {', '.join(one)} | {', '.join(other)}")
     if picture:
         print(f"The structure forming, four epochs in one picture: {demo_picture(artifacts, picture)}")
     print(f"Last heatmap: {last / 'heatmap.png'}")

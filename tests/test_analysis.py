@@ -8,6 +8,7 @@ import torch
 from conftest import planted_hierarchy
 from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, linkage
 from scipy.spatial.distance import squareform
+from scipy.special import comb
 from scipy.stats import skew
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -764,9 +765,11 @@ def _three_groups_with_a_triple(noise, seed=0):
 
 
 def test_failed_group_must_stand_out_from_the_noise():
-    # the cut for residual pairs is the larger of half the way to the failed-group threshold and the universal
-    # threshold of the noise: 1.4826 MAD of the cross-group residuals times sqrt(2 ln P), P = 1770 pairs
-    for noise, found in ((0.02, True), (0.15, False)):
+    # the search keeps a set whose mean residual reaches the larger of half the way to the failed-group threshold and
+    # the universal threshold of the noise over all sets of its size: 1.4826 MAD of the cross-group residuals times
+    # sqrt(2 ln C(60, 3) / 3) for three classes in three groups. At noise 0.15 the triple is found although none of
+    # its pairs would stand out alone (sqrt(2 ln P), P = 1770 pairs); at 0.25 it is within the noise
+    for noise, found, alone in ((0.02, True, True), (0.15, True, False), (0.25, False, False)):
         sim, lab, triple = _three_groups_with_a_triple(noise)
         res = analyze(sim, n_groups=3)
         assert adjusted_rand_score(lab, res.groups) == 1.0
@@ -778,15 +781,123 @@ def test_failed_group_must_stand_out_from_the_noise():
         residual = values - blocks[lab[i][cross], lab[j][cross]]
         spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
         background, cohesion = values.mean(), within.mean()
-        cut = max(0.25 * (cohesion - background), spread * np.sqrt(2 * np.log(1770)))
-        triple_residual = 0.5 - blocks[0, 1]
+        cut = max(0.25 * (cohesion - background), spread * np.sqrt(2 * np.log(comb(60, 3)) / 3))
+        triple_residual = np.mean([0.5 - blocks[0, 1], 0.5 - blocks[0, 2], 0.5 - blocks[1, 2]])
+        assert (triple_residual > spread * np.sqrt(2 * np.log(1770))) == alone
         if found:
-            assert triple_residual > cut + 0.1
+            assert triple_residual > cut + 0.05
             assert [f.members for f in res.failed_groups] == [tuple(triple.tolist())]
         else:
             assert triple_residual < cut - 0.05  # chance pairs reach it: 0.5 is within the noise here
             assert (values >= 0.4).sum() > 3
             assert res.failed_groups == ()
+
+
+def _singles_pulled_out():
+    """3 groups of 6 (within 0.9, between 0); classes 0, 6 and 12 are 0.55-0.57 alike to their own group and 0.5 to
+    each other: a cut into 6 groups leaves each of the three alone."""
+    lab = np.repeat(np.arange(3), 6)
+    sim = np.where(lab[:, None] == lab[None, :], 0.9, 0.0)
+    planted = np.array([0, 6, 12])
+    for i, p in enumerate(planted):
+        own = np.nonzero(lab == lab[p])[0]
+        sim[p, own] = sim[own, p] = 0.55 + 0.01 * i
+    sim[np.ix_(planted, planted)] = 0.5
+    np.fill_diagonal(sim, 1.0)
+    return sim, lab, planted
+
+
+def test_failed_group_of_classes_the_tree_leaves_alone():
+    from lightning_classim.structure._failed import failed_groups as _failed_groups
+    from lightning_classim.structure._failed import join_singletons as _join_singletons
+
+    sim, lab, planted = _singles_pulled_out()
+    res = analyze(sim, n_groups=6)
+    sizes = np.bincount(res.groups)
+    assert (sizes[res.groups[planted]] == 1).all()  # each planted class alone at the cut
+    assert [f.members for f in res.failed_groups] == [tuple(planted.tolist())]
+    # at the cut itself, a group of one has a residual of zero against itself: the search sees nothing; with each
+    # class alone counted in the group it is most similar to (its own, by 0.55-0.57 against 0.5) it sees them
+    joined = _join_singletons(sim, res.groups)
+    assert adjusted_rand_score(joined, lab) == 1.0
+
+    def blocks(labels):
+        one_hot = np.eye(labels.max() + 1)[labels]
+        return one_hot.T @ sim @ one_hot, one_hot.sum(axis=0), one_hot.T @ np.diagonal(sim)
+
+    args = (0.9, 0.0, 0.5, 0.3, 0)
+    assert _failed_groups(sim, res.groups, blocks(res.groups), *args) == []
+    ((found, residual),) = _failed_groups(sim, joined, blocks(joined), *args)
+    assert found.members == tuple(planted.tolist())
+    own = np.array([[sim[np.ix_(joined == a, joined == b)].mean() for b in range(3)] for a in range(3)])
+    assert residual == pytest.approx(np.mean([0.5 - own[0, 1], 0.5 - own[0, 2], 0.5 - own[1, 2]]))
+
+
+def test_join_singletons_by_hand():
+    from lightning_classim.structure._failed import join_singletons as _join_singletons
+
+    sim = np.array(
+        [[1.0, 0.8, 0.1, 0.6, 0.0], [0.8, 1.0, 0.0, 0.5, 0.1], [0.1, 0.0, 1.0, 0.2, 0.9],
+         [0.6, 0.5, 0.2, 1.0, 0.3], [0.0, 0.1, 0.9, 0.3, 1.0]]
+    )  # fmt: skip
+    # class 3 alone: 0.55 to group {0, 1}, 0.25 to group {2, 4}
+    assert _join_singletons(sim, np.array([0, 0, 1, 2, 1])).tolist() == [0, 0, 1, 0, 1]
+    labels = np.array([0, 0, 1, 1, 1])
+    assert _join_singletons(sim, labels) is labels  # nobody alone
+    alone = np.arange(5)
+    assert _join_singletons(sim, alone) is alone  # nothing to join
+
+
+@pytest.mark.parametrize(("m", "n", "independent"), [(48, 2, 1), (48, 3, 3), (1000, 3, 3), (1000, 6, 2), (60, 5, 4)])
+def test_set_threshold_is_the_universal_threshold_of_a_mean(m, n, independent):
+    from lightning_classim.structure._failed import set_threshold as _set_threshold
+
+    expected = np.sqrt(2 * np.log(comb(m, n, exact=True)) / independent)
+    assert _set_threshold(m, n, independent) == pytest.approx(expected, rel=1e-9)
+    assert _set_threshold(48, 2, 1) == pytest.approx(np.sqrt(2 * np.log(48 * 47 / 2)))  # one pair: sqrt(2 ln P)
+
+
+def test_merge_failed_keeps_sets_not_their_unions_nor_their_parts():
+    from lightning_classim.structure._failed import merge_failed as _merge_failed
+    from lightning_classim.structure._result import FailedGroup as _FailedGroup
+
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(-0.1, 0.1, (12, 12))
+    sim = (sim + sim.T) / 2
+    np.fill_diagonal(sim, 1.0)
+    labels = np.arange(12) // 2  # 6 groups of 2
+
+    def found(members, residual):
+        return _FailedGroup(members=members, groups=(), similarity=0.0), residual
+
+    a, b = (0, 2, 4), (6, 8, 10)
+    out = _merge_failed(sim, labels, [found(a, 0.5), found(b, 0.4), found(a + b, 0.2), found((0, 2), 0.6)], limit=10)
+    assert sorted(f.members for f in out) == [a, b]  # the union (0.2 < 0.4 / 2) and the part give way
+    kept = _merge_failed(sim, labels, [found(a, 0.5), found((0, 2, 4, 6), 0.3)], limit=10)
+    assert [f.members for f in kept] == [(0, 2, 4, 6)]  # the larger keeps over half the residual: it stays
+    (one,) = _merge_failed(sim, labels, [found(a, 0.5)], limit=10)
+    members = np.array(a)
+    assert one.groups == (0, 1, 2)
+    assert one.similarity == pytest.approx(sim[np.ix_(members, members)][~np.eye(3, dtype=bool)].mean())
+
+
+def test_split_group_found_at_the_coarse_level():
+    # 8 subclasses of 2 classes in 4 superclasses (within 0.95, within a superclass 0.6, between 0); the first
+    # subclass of the first and of the second superclass are 0.5 alike: a dense block off the diagonal. A cut into
+    # the 8 subclasses has no finer cut to compare sub-blocks in (4 x 8 groups > 16 / 2): the split group is found
+    # at the coarse level (4 superclasses) and told in the cut's groups
+    sub = np.repeat(np.arange(8), 2)
+    sim = np.where(sub[:, None] // 2 == sub[None, :] // 2, 0.6, 0.0)
+    sim[sub[:, None] == sub[None, :]] = 0.95
+    sim[np.ix_(sub == 0, sub == 2)] = sim[np.ix_(sub == 2, sub == 0)] = 0.5
+    np.fill_diagonal(sim, 1.0)
+    res = analyze(sim, n_groups=8)
+    assert adjusted_rand_score(sub, res.groups) == 1.0
+    assert res.levels[0].n_groups == 4 and res.levels[0].distinct
+    ((split),) = res.split_groups
+    assert set(split.members) == {(0, 1), (4, 5)}
+    assert split.groups == tuple(sorted((int(res.groups[0]), int(res.groups[4]))))
+    assert split.similarity == pytest.approx(0.5)
 
 
 def test_failed_group_of_three_classes():

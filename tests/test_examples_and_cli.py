@@ -83,8 +83,9 @@ def test_plain_lightning_example(tmp_path):
 @pytest.mark.slow
 def test_classim_demo_shows_the_planted_structure_and_the_readme_says_what_it_measured(tmp_path):
     # the demo as a user runs it (default seed, 12 epochs): the structure forms (blurred first epoch), the last
-    # epoch's coarse level is the superclasses and its fine level the subclasses, the planted near duplicate is
-    # listed; references from sklearn on the files the run wrote
+    # epoch's coarse level is the superclasses and its fine level the subclasses with the failed group's three classes
+    # each alone; the planted near duplicate, failed group and split group are listed; references from sklearn and
+    # from the names on the files the run wrote
     picture = tmp_path / "structure.png"
     proc = subprocess.run(
         ["classim", "demo", "--out", str(tmp_path / "run"), "--no-progress", "--picture", str(picture)],
@@ -97,18 +98,28 @@ def test_classim_demo_shows_the_planted_structure_and_the_readme_says_what_it_me
     names = json.loads((folders[-1] / "class_names.json").read_text())
     supers = [n.split("/")[0] for n in names]
     subs = [n.rsplit("/", 1)[0] for n in names]
+    failed = {"vehicle/road/van", "animal/pet/rabbit", "instrument/string/cello"}
+    subs_apart = [n if n in failed else sub for n, sub in zip(names, subs)]
     first = json.loads((folders[0] / "summary.json").read_text())
     last = json.loads((folders[-1] / "summary.json").read_text())
     first_groups = fcluster(np.load(folders[0] / "linkage.npy"), 8, "maxclust")
     assert adjusted_rand_score(supers, first_groups) < 0.3  # blurred
     assert first["metrics"]["taxonomy_ari"] == pytest.approx(adjusted_rand_score(supers, first_groups))
     coarse, fine = last["levels"]
-    assert (coarse["n_groups"], fine["n_groups"]) == (8, 16)
-    assert adjusted_rand_score(supers, coarse["groups"]) >= 0.9 and adjusted_rand_score(subs, fine["groups"]) >= 0.9
+    assert (coarse["n_groups"], fine["n_groups"]) == (8, 19)
+    assert adjusted_rand_score(supers, coarse["groups"]) == 1.0
+    assert adjusted_rand_score(subs_apart, fine["groups"]) == 1.0
+    assert adjusted_rand_score(subs, fine["groups"]) >= 0.9
     assert {(p["kind"], p["a"], p["b"]) for p in last["pairs"]} >= {
         ("near_duplicate", "furniture/seat/sofa", "furniture/seat/couch")
     }
+    assert [set(f["names"]) for f in last["failed_groups"]] == [failed]
+    (split,) = last["split_groups"]
+    sides = sorted(" ".join(sorted({n.rsplit("/", 1)[0] for n in part})) for part in split["names"])
+    assert sides == ["building/landmark", "vehicle/rail"] and min(map(len, split["names"])) >= 2
     assert "pair worth a look (near duplicate): furniture/seat/sofa furniture/seat/couch" in proc.stdout
+    assert "failed group (alike, scattered over groups): vehicle/road/van, animal/pet/rabbit" in proc.stdout
+    assert "split group (a dense block off the diagonal): " in proc.stdout
     assert Image.open(picture).size[0] > 4 * 200  # four epochs side by side
     # the README's caption states these figures (two decimals), for the picture this command writes
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

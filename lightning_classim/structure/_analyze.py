@@ -17,8 +17,8 @@ from lightning_classim.options import StructureOptions
 from lightning_classim.structure._agreement import check_taxonomy, compare_structures, taxonomy_agreement
 from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._embedded import embedded_analysis, unit_vectors
-from lightning_classim.structure._failed import failed_groups
-from lightning_classim.structure._groups import BlockSums, split_groups, summaries, tree_cross_sums
+from lightning_classim.structure._failed import failed_groups, join_singletons, merge_failed
+from lightning_classim.structure._groups import BlockSums, merge_split, split_groups, summaries, tree_cross_sums
 from lightning_classim.structure._levels import choose_cut, plan_cuts
 from lightning_classim.structure._pairs import find_pairs
 from lightning_classim.structure._result import FailedGroup, Level, StructureResult
@@ -36,6 +36,11 @@ from lightning_classim.structure._tree import (
 )
 
 __all__ = ["analyze", "notes_not_warned"]
+
+#: The mean silhouette from which a coarse level that is not distinct is searched for split and failed groups too:
+#: Kaufman and Rousseeuw's "reasonable structure" (0.51-0.70; 0.26-0.50 is "weak", and may be a loose cut of a
+#: smoothly decaying tree).
+COARSE_SILHOUETTE = 0.5
 
 #: Above this many classes, ``optimal_ordering=True`` is refused (it took 76 s at m = 2622 on a 2-core CPU).
 OPTIMAL_ORDERING_MAX = 3000
@@ -155,11 +160,30 @@ def analyze(
         metrics[f"level{i}/n_groups"] = float(n)
         metrics[f"level{i}/silhouette"] = silhouette
     metrics["n_levels"] = float(len(levels))
+    # split and failed groups at the cut, and at the coarsest level when it is coarser and a structure in earnest
+    # (distinct, or a reasonable mean silhouette): there a fine cut still has sub-blocks to compare, and the
+    # classes the tree pulls out of their groups sit in large blocks again
+    coarse = levels[0] if levels and 2 <= levels[0].n_groups < k else None
+    if coarse is not None and not (coarse.distinct or coarse.silhouette >= COARSE_SILHOUETTE):
+        coarse = None
+    if coarse is not None:
+        coarse_summary, coarse_within, coarse_between = summaries(block_sums, coarse.groups, leaf, names)
+        coarse_cohesions = np.array([g.cohesion for g in coarse_summary])
+        split = merge_split(labels, [*split, *split_groups(block_sums, cuts, coarse.groups, coarse_cohesions,
+                                                            opts.split_ratio, limit=10)], limit=10)  # fmt: skip
     failed: tuple[FailedGroup, ...] = ()
     blocks = block_sums.blocks(labels)
     if opts.find_failed and k >= 2:
-        failed = failed_groups(sim, labels, blocks, mean_within, mean_between, opts.failed_ratio,
-                               opts.failed_membership, opts.seed, limit=10)  # fmt: skip
+        split_sets = [frozenset(a + b) for a, b in (g.members for g in split)]
+        joined = join_singletons(sim, labels)
+        joined_blocks = blocks if joined is labels else block_sums.blocks(joined)
+        failed_found = failed_groups(sim, joined, joined_blocks, mean_within, mean_between, opts.failed_ratio,
+                                     opts.failed_membership, opts.seed, split=split_sets)  # fmt: skip
+        if coarse is not None:
+            failed_found += failed_groups(sim, coarse.groups, block_sums.blocks(coarse.groups), coarse_within,
+                                          coarse_between, opts.failed_ratio, opts.failed_membership, opts.seed,
+                                          split=split_sets)  # fmt: skip
+        failed = merge_failed(sim, labels, failed_found, limit=10)
     row_sums = block_sums.rows.sum(axis=0) if block_sums.rows is not None else sim.sum(axis=1)
     pairs = find_pairs(sim, names, labels, blocks, row_sums, opts.seed)
     for kind in ("near_duplicate", "outlier", "hub"):

@@ -2,8 +2,10 @@
 
 The *residual* of a pair of classes is their similarity minus the mean similarity of their two groups: what the flat
 groups do not explain. The pairs in different groups whose residual stands out from the noise form a sparse graph;
-its connected components and the fuzzy clusters of fuzzy c-means on its rows are the candidates (see
-:func:`failed_groups`).
+its connected components and the fuzzy clusters of fuzzy c-means on its rows are the candidates; a set counts when
+its mean residual stands out from the noise of a mean over all the sets of its size (:func:`set_threshold`, see
+:func:`failed_groups`). :func:`join_singletons` keeps the classes that the tree leaves alone in sight, and
+:func:`merge_failed` chooses among the sets found at one or more cuts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from lightning_classim.structure._backend import ops
 from lightning_classim.structure._result import FailedGroup
 
-__all__ = ["failed_groups"]
+__all__ = ["failed_groups", "join_singletons", "merge_failed", "set_threshold"]
 
 #: Numbers of fuzzy clusters tried for failed groups.
 FCM_CLUSTERS = (2, 3, 5, 9, 17)
@@ -214,6 +216,53 @@ def fuzzy_rows(graph: csr_matrix, seed: int) -> np.ndarray:
     return above_the_noise(rows)
 
 
+def set_threshold(m: int, n: int, independent: int) -> float:
+    """The noise level, in robust spreads, that the mean residual of a set of ``n`` of ``m`` classes must reach.
+
+    The universal threshold over all ``C(m, n)`` sets, ``sqrt(2 ln C(m, n))``, for a mean of ``independent``
+    residuals: ``sqrt(2 ln C(m, n) / independent)`` (a mean of ``e`` independent residuals has ``1 / sqrt(e)`` of
+    their spread). The caller credits a set with at most one independent residual per class and per group it spans,
+    and no more than its pairs in different groups: residuals that share a class, or a pair of groups, move together
+    (a class's whole row, or a sub-block of a group, can sit high). For one pair (``n = 2``, one residual) it is the
+    universal threshold of single pairs, ``sqrt(2 ln P)``; for three of 48 classes in three groups 2.55 (3.75 for
+    one pair), for three of 1,000 classes 3.55 (5.12).
+
+    Example:
+        >>> round(set_threshold(48, 2, 1), 2), round(set_threshold(48, 3, 3), 2), round(set_threshold(1000, 3, 3), 2)
+        (3.75, 2.55, 3.55)
+    """
+    log_sets = math.lgamma(m + 1) - math.lgamma(n + 1) - math.lgamma(m - n + 1)
+    return math.sqrt(2.0 * max(log_sets, 0.0) / max(independent, 1))
+
+
+def join_singletons(sim: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``labels`` with each class that is alone in its group moved to the group it is most similar to on average.
+
+    The residual of a pair measures it against its two groups; against a group of one class it is zero, so classes
+    that the tree leaves alone (often the members of a failed group: pulled out of their own groups, not joined
+    together) would be out of the search's sight. Groups of two classes or more stay as they are; the labels are
+    numbered anew (``0 .. k' - 1``). Unchanged without such classes, or with nothing but them.
+
+    Example:
+        >>> sim = np.array([[1.0, 0.8, 0.1, 0.6], [0.8, 1.0, 0.0, 0.5], [0.1, 0.0, 1.0, 0.2], [0.6, 0.5, 0.2, 1.0]])
+        >>> join_singletons(sim, np.array([0, 0, 1, 2])).tolist()
+        [0, 0, 0, 0]
+    """
+    sizes = np.bincount(labels)
+    alone = np.nonzero(sizes[labels] == 1)[0]
+    if alone.shape[0] == 0 or alone.shape[0] == labels.shape[0]:
+        return labels
+    k = sizes.shape[0]
+    indicator = csr_matrix((np.ones(labels.shape[0]), (np.arange(labels.shape[0]), labels)), shape=(labels.shape[0], k))
+    joined = labels.copy()
+    for start in range(0, alone.shape[0], 1024):  # (1024, m) rows of the matrix at a time
+        rows = alone[start : start + 1024]
+        means = np.asarray((indicator.T @ sim[rows].T).T) / sizes
+        means[:, sizes < 2] = -np.inf
+        joined[rows] = np.argmax(means, axis=1)
+    return np.unique(joined, return_inverse=True)[1].astype(labels.dtype, copy=False)
+
+
 def failed_groups(
     sim: np.ndarray,
     labels: np.ndarray,
@@ -223,34 +272,38 @@ def failed_groups(
     ratio: float,
     membership: float,
     seed: int,
-    limit: int,
-) -> tuple[FailedGroup, ...]:
-    """Mutually similar classes that the tree scatters over several groups.
+    split: Sequence[frozenset[int]] = (),
+) -> list[tuple[FailedGroup, float]]:
+    """Mutually similar classes that the tree scatters over several groups, each with its mean residual.
 
     The residual of a pair of classes is their similarity minus the mean similarity of their two groups: what the
-    flat groups do not explain. The pairs in different groups whose residual stands out (at least ``cut``, the larger
-    of half the way from ``background`` to the failed-group threshold, and the noise level: the residual's robust
-    spread, ``1.4826`` times its median absolute deviation, times ``sqrt(2 ln P)`` for ``P`` pairs, the universal
-    threshold) form a sparse graph on the classes they touch. Candidates are its connected components and the fuzzy
-    clusters (membership above ``membership``) of fuzzy c-means (``c`` in 2, 3, 5, 9, 17, up to half the classes
-    touched) on the graph's rows (:func:`fuzzy_rows`). A candidate is a failed group when its members span two
-    groups or more, no group holds more than 3/4 of them, and the mean similarity of members in *different* groups is
-    at least ``ratio`` of the way from the mean between-group similarity (``background``) to the mean within-group
-    similarity (``cohesion``), their mean residual at least ``cut``: measured from the background, so that a matrix
-    with a high similarity everywhere does not make every large set a failed group, and above the noise, so that a
-    few chance pairs among millions do not make one either.
+    flat groups do not explain; its noise is the residuals' robust spread, ``1.4826`` times their median absolute
+    deviation. The pairs in different groups whose residual reaches ``cut`` (the larger of ``floor``, half the way
+    from ``background`` to the failed-group threshold, and the spread times :func:`set_threshold` for three classes
+    in three groups) form a sparse graph on the classes they touch. Candidates are its connected components and the
+    fuzzy clusters (membership above ``membership``) of fuzzy c-means (``c`` in 2, 3, 5, 9, 17, up to half the
+    classes touched) on the graph's rows (:func:`fuzzy_rows`). Each candidate sheds, weakest first, the members whose
+    mean residual to the others is under the set's threshold. It is a failed group when its members span two groups
+    or more, no group holds more than 3/4 of them, the mean similarity of members in *different* groups is at least
+    ``ratio`` of the way from the mean between-group similarity (``background``) to the mean within-group similarity
+    (``cohesion``), and their mean residual at least the larger of ``floor`` and the spread times
+    :func:`set_threshold` for its size and spread: measured from the background, so that a matrix with a high
+    similarity everywhere does not make every large set a failed group, and above the noise of a mean over all the
+    sets of that size, so that chance pairs do not make one either. A set inside one of ``split`` (the classes of a
+    split group's two sub-blocks) is left to the split group. :func:`merge_failed` chooses which to report.
     """
     m = sim.shape[0]
     sums, sizes, _ = blocks
     k = sizes.shape[0]
     if k < 2 or m < 6 or not math.isfinite(cohesion) or not cohesion > background:
-        return ()
+        return []
     block_mean = sums / np.outer(sizes, sizes)
     threshold = background + ratio * (cohesion - background)
     rng = np.random.default_rng(seed)
     sample = cross_residuals(sim, labels, block_mean, rng)
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample)))) if sample.shape[0] else 0.0
-    cut = max((threshold - background) / 2, noise * math.sqrt(2.0 * math.log(m * (m - 1) / 2)))
+    floor = (threshold - background) / 2
+    cut = max(floor, noise * set_threshold(m, 3, 3))
     cap = PAIRS_PER_CLASS * m
     rows, cols, vals, count, top = ops().residual_pairs(sim, labels, block_mean, cut, cap)
     first = True
@@ -264,7 +317,7 @@ def failed_groups(
     active = np.unique(np.concatenate([rows, cols]))
     n = active.shape[0]
     if n < 3:
-        return ()
+        return []
     place = np.zeros(m, dtype=np.intp)
     place[active] = np.arange(n)
     graph = csr_matrix((np.concatenate([vals, vals]), (place[np.r_[rows, cols]], place[np.r_[cols, rows]])), (n, n))
@@ -276,9 +329,34 @@ def failed_groups(
             candidates.extend(active[u[:, j] >= membership] for j in range(u.shape[1]))
     largest = min(max(m // 2, 3), 4000)
 
-    def accept(members: np.ndarray) -> FailedGroup | None:
+    def trimmed(members: np.ndarray) -> np.ndarray:
+        """The members without those, weakest first, whose mean residual to the others is below the set's cut."""
+        lab = labels[members]
+        across = lab[:, None] != lab[None, :]
+        resid = np.where(across, sim[np.ix_(members, members)] - block_mean[lab[:, None], lab[None, :]], 0.0)
+        row, count = resid.sum(axis=1), across.sum(axis=1)
+        keep = np.ones(len(members), dtype=bool)
+        while keep.sum() >= 3:
+            spanned = np.unique(lab[keep]).shape[0]
+            independent = min(int(keep.sum()), spanned, int(count[keep].sum()) // 2)
+            need = max(floor, noise * set_threshold(m, int(keep.sum()), independent))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                strength = np.where(keep & (count > 0), row / np.maximum(count, 1), np.inf)
+            strength[keep & (count == 0)] = -np.inf  # no kept member outside its group
+            worst = int(np.argmin(strength))
+            if strength[worst] >= need:
+                break
+            keep[worst] = False
+            row -= resid[:, worst]
+            count -= across[:, worst]
+        return members[keep]
+
+    def accept(members: np.ndarray) -> tuple[FailedGroup, float] | None:
+        if len(members) < 3 or len(members) > largest:
+            return None
+        members = trimmed(members)
         n = len(members)
-        if n < 3 or n > largest:
+        if n < 3 or any(set(members.tolist()) <= union for union in split):
             return None
         spread = np.bincount(labels[members], minlength=k)
         if np.count_nonzero(spread) < 2 or spread.max() > 0.75 * n:
@@ -286,16 +364,43 @@ def failed_groups(
         lab = labels[members]
         across = lab[:, None] != lab[None, :]
         mean_across = float(sim[np.ix_(members, members)][across].mean())
-        if mean_across < threshold or mean_across - float(block_mean[lab[:, None], lab[None, :]][across].mean()) < cut:
+        residual = mean_across - float(block_mean[lab[:, None], lab[None, :]][across].mean())
+        independent = min(n, int(np.count_nonzero(spread)), int(across.sum()) // 2)
+        if mean_across < threshold or residual < max(floor, noise * set_threshold(m, n, independent)):
             return None
         groups = tuple(int(g) for g in np.nonzero(spread)[0])
-        return FailedGroup(members=tuple(members.tolist()), groups=groups, similarity=mean_across)
+        return FailedGroup(members=tuple(members.tolist()), groups=groups, similarity=mean_across), residual
 
-    out: dict[tuple[int, ...], FailedGroup] = {}
+    out: dict[tuple[int, ...], tuple[FailedGroup, float]] = {}
     for members in candidates:
         found = accept(members)
         if found is not None:
-            out[found.members] = found
-    sets = {key: set(key) for key in out}
-    kept = [f for key, f in out.items() if not any(sets[key] < other for other in sets.values())]
-    return tuple(sorted(kept, key=lambda f: (-f.similarity, f.members))[:limit])
+            out[found[0].members] = found
+    return list(out.values())
+
+
+def merge_failed(
+    sim: np.ndarray, labels: np.ndarray, found: Sequence[tuple[FailedGroup, float]], limit: int
+) -> tuple[FailedGroup, ...]:
+    """The failed groups to report, of those found (with their mean residual) at one or more cuts of one tree.
+
+    A set that holds another with over twice its mean residual gives way (two or more failed groups joined dilute
+    it); then a set gives way to another that holds it with at least half its mean residual. Each
+    kept set's ``groups`` and ``similarity`` are those of its members in ``labels`` (the finest of the cuts); the
+    most similar first, at most ``limit``.
+    """
+    strength: dict[tuple[int, ...], float] = {}
+    for f, residual in found:
+        strength[f.members] = max(residual, strength.get(f.members, -math.inf))
+    sets = {key: set(key) for key in strength}
+    # first the sets that dilute a set they hold (two failed groups joined), then the parts of the sets left
+    whole = {a for a in sets if not any(other < sets[a] and strength[a] < strength[b] / 2 for b, other in sets.items())}
+    kept = {a for a in whole if not any(sets[a] < sets[b] and strength[b] >= strength[a] / 2 for b in whole)}
+    out = []
+    for key in kept:
+        members = np.asarray(key)
+        lab = labels[members]
+        across = lab[:, None] != lab[None, :]
+        out.append(FailedGroup(members=key, groups=tuple(int(g) for g in np.unique(lab)),
+                               similarity=float(sim[np.ix_(members, members)][across].mean())))  # fmt: skip
+    return tuple(sorted(out, key=lambda f: (-f.similarity, f.members))[:limit])

@@ -14,7 +14,7 @@ from lightning_classim.structure._backend import ops
 from lightning_classim.structure._result import GroupSummary, SplitGroup
 from lightning_classim.structure._tree import Cuts
 
-__all__ = ["BlockSums", "split_fine_k", "split_groups", "summaries", "tree_cross_sums"]
+__all__ = ["BlockSums", "merge_split", "split_fine_k", "split_groups", "summaries", "tree_cross_sums"]
 
 
 class BlockSums:
@@ -198,3 +198,21 @@ def split_groups(
             )
         )
     return tuple(out)
+
+
+def merge_split(labels: np.ndarray, found: Sequence[SplitGroup], limit: int) -> tuple[SplitGroup, ...]:
+    """Split groups found at several cuts of one tree, told in the groups of ``labels``.
+
+    Each set's group is the group of ``labels`` that holds most of it; a pair of sets found twice is kept once (the
+    first found), the closest to its groups' cohesion first, at most ``limit``.
+    """
+    out: dict[frozenset[tuple[int, ...]], SplitGroup] = {}
+    for g in found:
+        key = frozenset(g.members)
+        if key in out:
+            continue
+        a, b = (int(np.bincount(labels[np.asarray(part)]).argmax()) for part in g.members)
+        members = g.members if a <= b else (g.members[1], g.members[0])
+        out[key] = SplitGroup(groups=(min(a, b), max(a, b)), members=members, similarity=g.similarity,
+                              cohesion=g.cohesion)  # fmt: skip
+    return tuple(sorted(out.values(), key=lambda g: -g.similarity / g.cohesion)[:limit])

@@ -881,6 +881,19 @@ def test_merge_failed_keeps_sets_not_their_unions_nor_their_parts():
     assert one.similarity == pytest.approx(sim[np.ix_(members, members)][~np.eye(3, dtype=bool)].mean())
 
 
+def test_merge_split_tells_sets_in_the_cut_groups_once():
+    from lightning_classim.structure._groups import merge_split as _merge_split
+    from lightning_classim.structure._result import SplitGroup as _SplitGroup
+
+    labels = np.array([2, 2, 0, 0, 1, 1, 1])
+    a = _SplitGroup(groups=(0, 1), members=((4, 5), (0, 1)), similarity=0.4, cohesion=0.8)
+    again = _SplitGroup(groups=(3, 7), members=((0, 1), (4, 5)), similarity=0.4, cohesion=0.8)  # another cut's
+    b = _SplitGroup(groups=(0, 1), members=((2, 3), (6,)), similarity=0.6, cohesion=0.8)
+    out = _merge_split(labels, [a, again, b], limit=10)
+    assert [(g.groups, g.members) for g in out] == [((0, 1), ((2, 3), (6,))), ((1, 2), ((4, 5), (0, 1)))]
+    assert len(_merge_split(labels, [a, b], limit=1)) == 1
+
+
 def test_split_group_found_at_the_coarse_level():
     # 8 subclasses of 2 classes in 4 superclasses (within 0.95, within a superclass 0.6, between 0); the first
     # subclass of the first and of the second superclass are 0.5 alike: a dense block off the diagonal. A cut into

@@ -281,3 +281,27 @@ def test_bad_class_vectors_on_disk_and_in_a_picture(big):
         StructureResult.from_parts(arrays, result.to_dict(), list(result.class_names))
     with pytest.raises(ValueError, match=r"Expected class vectors of shape \(m, r\), but got shape \(5,\)"):
         render_heatmap(ClassEmbeddings(torch.zeros(5), torch.zeros(0, dtype=torch.long)))
+
+
+def test_split_groups_at_the_coarse_level_from_embeddings(monkeypatch):
+    # 8 subclasses of 2 classes in 4 superclasses built from orthonormal directions; the first subclass of the first
+    # and of the second superclass share one more: a dense block off the diagonal. Cut into the 8 subclasses there is
+    # no finer cut to compare sub-blocks in (4 x 8 > 16 / 2): the route without the matrix (forced below its switch)
+    # finds the split group at the coarse level, as the dense route does from the same dot products
+    basis = np.eye(32)
+    sub = np.repeat(np.arange(8), 2)
+    v = 1.2 * basis[sub // 2] + 1.0 * basis[4 + sub] + 0.3 * basis[12 + np.arange(16)]
+    v[sub == 0] += 1.2 * basis[31]
+    v[sub == 2] += 1.2 * basis[31]
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    dense = analyze(dense_of(v), n_groups=8, method="average")
+    monkeypatch.setattr(_embedded, "DENSE_MAX", 0)
+    from_vectors = quiet_analyze(embeddings(v.astype(np.float32)), n_groups=8, method="average")
+    assert from_vectors.embedded
+    for res in (dense, from_vectors):
+        assert adjusted_rand_score(sub, res.groups) == 1.0
+        assert res.levels[0].n_groups == 4
+        ((split),) = res.split_groups
+        assert set(split.members) == {(0, 1), (4, 5)}
+        s = dense_of(v)[np.ix_([0, 1], [4, 5])].mean()
+        assert split.similarity == pytest.approx(s, abs=1e-6)

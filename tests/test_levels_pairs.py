@@ -11,7 +11,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from lightning_classim import StructureOptions, analyze
+from lightning_classim import Level, StructureOptions, analyze
 from lightning_classim.structure import _kernels, _reference
 from lightning_classim.structure._result import StructureResult
 
@@ -288,3 +288,18 @@ def test_report_follows_each_pair_over_the_epochs(tmp_path):
     again = {frozenset((e["a"], e["b"])): e["status"] for e in pair_history(load_run(tmp_path))}
     assert again[frozenset(key_ab)] == again[frozenset(key_cd)] == "persists"
     assert again[frozenset(names[i] for i in ef)] == "new"
+
+
+def test_the_coarse_level_searched_for_split_and_failed_groups():
+    from lightning_classim.structure._levels import searched_coarse as _searched_coarse
+
+    def level(n, silhouette, distinct):
+        return Level(n, np.arange(12) % n, (), silhouette, 0.5, 3.0, distinct)
+
+    assert _searched_coarse((), 8) is None
+    assert _searched_coarse((level(4, 0.2, True), level(8, 0.6, False)), 8).n_groups == 4  # distinct
+    assert _searched_coarse((level(4, 0.5, False), level(8, 0.6, False)), 8).n_groups == 4  # reasonable structure
+    assert _searched_coarse((level(4, 0.49, False), level(8, 0.6, False)), 8) is None  # weak: a loose cut
+    assert _searched_coarse((level(4, float("nan"), False),), 8) is None  # not measured
+    assert _searched_coarse((level(8, 0.9, True),), 8) is None  # not coarser than the cut
+    assert _searched_coarse((level(4, 0.9, True),), 3) is None

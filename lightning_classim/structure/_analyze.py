@@ -18,8 +18,8 @@ from lightning_classim.structure._agreement import check_taxonomy, compare_struc
 from lightning_classim.structure._backend import ops, square_matrix_steps
 from lightning_classim.structure._embedded import embedded_analysis, unit_vectors
 from lightning_classim.structure._failed import failed_groups, join_singletons, merge_failed
-from lightning_classim.structure._groups import BlockSums, merge_split, split_groups, summaries, tree_cross_sums
-from lightning_classim.structure._levels import choose_cut, plan_cuts
+from lightning_classim.structure._groups import BlockSums, split_at, summaries, tree_cross_sums
+from lightning_classim.structure._levels import choose_cut, plan_cuts, searched_coarse
 from lightning_classim.structure._pairs import find_pairs
 from lightning_classim.structure._result import FailedGroup, Level, StructureResult
 from lightning_classim.structure._silhouette import dense, nested
@@ -36,11 +36,6 @@ from lightning_classim.structure._tree import (
 )
 
 __all__ = ["analyze", "notes_not_warned"]
-
-#: The mean silhouette from which a coarse level that is not distinct is searched for split and failed groups too:
-#: Kaufman and Rousseeuw's "reasonable structure" (0.51-0.70; 0.26-0.50 is "weak", and may be a loose cut of a
-#: smoothly decaying tree).
-COARSE_SILHOUETTE = 0.5
 
 #: Above this many classes, ``optimal_ordering=True`` is refused (it took 76 s at m = 2622 on a 2-core CPU).
 OPTIMAL_ORDERING_MAX = 3000
@@ -65,10 +60,12 @@ def analyze(
 ) -> StructureResult:
     """Order a class-similarity matrix by hierarchical clustering and summarise its groups.
 
-    The tree is cut into flat groups (a fixed number, a height, or automatically: the cut with the best mean
-    silhouette over ``2..max_groups`` groups); each group is summarised, and split groups (dense off-diagonal blocks)
-    and failed groups (similar classes the tree scatters) are searched. See :class:`StructureOptions` for every
-    option and ``docs/analysis.md`` for the algorithms.
+    The tree is cut into flat groups (a fixed number, a height, or automatically: the primary one of its levels, the
+    nested cuts worth reading, or with ``primary="silhouette"`` the best mean silhouette over ``2..max_groups``
+    groups); each group is summarised, and split groups (dense off-diagonal blocks)
+    and failed groups (similar classes the tree scatters) are searched, at the cut and at the coarsest level when
+    that is a structure in earnest (distinct, or a mean silhouette of at least 0.5), and told in the cut's groups.
+    See :class:`StructureOptions` for every option and ``docs/analysis.md`` for the algorithms.
 
     Args:
         similarity: the ``(m, m)`` similarity matrix (numpy or torch), e.g. from ``ClassSimilarity.compute()``:
@@ -151,7 +148,6 @@ def analyze(
                    offdiag_skew=skew)  # fmt: skip
     del dist
     cohesions = np.array([g.cohesion for g in summary])
-    split = split_groups(block_sums, cuts, labels, cohesions, opts.split_ratio, limit=10)
     levels = []
     for i, (n, height, score, distinct, silhouette) in enumerate(found, start=1):
         cut = relabel_by_order(cuts.into(n), leaf) if relabel else cuts.into(n)
@@ -161,16 +157,8 @@ def analyze(
         metrics[f"level{i}/silhouette"] = silhouette
     metrics["n_levels"] = float(len(levels))
     # split and failed groups at the cut, and at the coarsest level when it is coarser and a structure in earnest
-    # (distinct, or a reasonable mean silhouette): there a fine cut still has sub-blocks to compare, and the
-    # classes the tree pulls out of their groups sit in large blocks again
-    coarse = levels[0] if levels and 2 <= levels[0].n_groups < k else None
-    if coarse is not None and not (coarse.distinct or coarse.silhouette >= COARSE_SILHOUETTE):
-        coarse = None
-    if coarse is not None:
-        coarse_summary, coarse_within, coarse_between = summaries(block_sums, coarse.groups, leaf, names)
-        coarse_cohesions = np.array([g.cohesion for g in coarse_summary])
-        split = merge_split(labels, [*split, *split_groups(block_sums, cuts, coarse.groups, coarse_cohesions,
-                                                            opts.split_ratio, limit=10)], limit=10)  # fmt: skip
+    coarse = searched_coarse(levels, k)
+    split = split_at(block_sums, cuts, labels, cohesions, coarse, opts.split_ratio)
     failed: tuple[FailedGroup, ...] = ()
     blocks = block_sums.blocks(labels)
     if opts.find_failed and k >= 2:
@@ -180,6 +168,7 @@ def analyze(
         failed_found = failed_groups(sim, joined, joined_blocks, mean_within, mean_between, opts.failed_ratio,
                                      opts.failed_membership, opts.seed, split=split_sets)  # fmt: skip
         if coarse is not None:
+            _, coarse_within, coarse_between = summaries(block_sums, coarse.groups, leaf, names)
             failed_found += failed_groups(sim, coarse.groups, block_sums.blocks(coarse.groups), coarse_within,
                                           coarse_between, opts.failed_ratio, opts.failed_membership, opts.seed,
                                           split=split_sets)  # fmt: skip

@@ -43,8 +43,8 @@ from scipy.cluster.hierarchy import linkage as scipy_linkage
 
 from lightning_classim._stats import condensed
 from lightning_classim.options import StructureOptions
-from lightning_classim.structure._groups import BlockSums, split_groups, summaries
-from lightning_classim.structure._levels import choose_cut, plan_cuts
+from lightning_classim.structure._groups import BlockSums, split_at, summaries
+from lightning_classim.structure._levels import choose_cut, plan_cuts, searched_coarse
 from lightning_classim.structure._pairs import LIMIT, NEAR_RATIO, hubs, robust_spread
 from lightning_classim.structure._result import Level, Pair
 from lightning_classim.structure._silhouette import nested
@@ -668,7 +668,6 @@ def embedded_analysis(
                    within_minus_between=mean_within - mean_between, offdiag_mean=mean, offdiag_std=std,
                    offdiag_skew=skew)  # fmt: skip
     cohesions = np.array([g.cohesion for g in summary])
-    split = split_groups(sums, cuts, labels, cohesions, opts.split_ratio, limit=10)
     levels = []
     for i, (n, height, score, distinct, silhouette) in enumerate(parts["levels"], start=1):
         cut = cuts.into(n)
@@ -676,6 +675,7 @@ def embedded_analysis(
         metrics[f"level{i}/n_groups"] = float(n)
         metrics[f"level{i}/silhouette"] = silhouette
     metrics["n_levels"] = float(len(levels))
+    split = split_at(sums, cuts, labels, cohesions, searched_coarse(levels, k), opts.split_ratio)
     block, sizes, _ = sums.blocks(labels)
     block_mean = block / np.outer(sizes, sizes)
     nn = neighbours(vectors, NEIGHBOURS, parts["leaves"])

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from lightning_classim.structure._backend import ops
-from lightning_classim.structure._result import GroupSummary, SplitGroup
+from lightning_classim.structure._result import GroupSummary, Level, SplitGroup
 from lightning_classim.structure._tree import Cuts
 
-__all__ = ["BlockSums", "merge_split", "split_fine_k", "split_groups", "summaries", "tree_cross_sums"]
+__all__ = ["BlockSums", "merge_split", "split_at", "split_fine_k", "split_groups", "summaries", "tree_cross_sums"]
 
 
 class BlockSums:
@@ -216,3 +216,17 @@ def merge_split(labels: np.ndarray, found: Sequence[SplitGroup], limit: int) -> 
         out[key] = SplitGroup(groups=(min(a, b), max(a, b)), members=members, similarity=g.similarity,
                               cohesion=g.cohesion)  # fmt: skip
     return tuple(sorted(out.values(), key=lambda g: -g.similarity / g.cohesion)[:limit])
+
+
+def split_at(
+    block_sums: BlockSums, cuts: Cuts, labels: np.ndarray, cohesion: np.ndarray, coarse: Level | None, ratio: float
+) -> tuple[SplitGroup, ...]:
+    """Split groups at the cut (``labels``, its groups' ``cohesion``) and at the ``coarse`` level (or none).
+
+    Told in the cut's groups (:func:`merge_split`); at most 10.
+    """
+    split = split_groups(block_sums, cuts, labels, cohesion, ratio, limit=10)
+    if coarse is None:
+        return split
+    coarse_cohesion = np.array([g.cohesion for g in coarse.summary])
+    return merge_split(labels, [*split, *split_groups(block_sums, cuts, coarse.groups, coarse_cohesion, ratio, 10)], 10)

@@ -29,17 +29,18 @@ groups (a cut there gives exactly them).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from lightning_classim.options import StructureOptions, default_max_groups
 from lightning_classim.structure._groups import split_fine_k
-from lightning_classim.structure._result import best_k
+from lightning_classim.structure._result import Level, best_k
 from lightning_classim.structure._tree import Cuts
 
 __all__ = [
+    "COARSE_SILHOUETTE",
     "DISTINCT_SCORE",
     "DISTINCT_SHARE",
     "MAX_LEVELS",
@@ -49,12 +50,17 @@ __all__ = [
     "level_cuts",
     "plan_cuts",
     "primary_level",
+    "searched_coarse",
 ]
 
 DISTINCT_SCORE = 12.0
 DISTINCT_SHARE = 0.04
 READING_SCORE = 2.0
 MAX_LEVELS = 4
+#: The mean silhouette from which a coarse level that is not distinct is searched for split and failed groups too:
+#: Kaufman and Rousseeuw's "reasonable structure" (0.51-0.70; 0.26-0.50 is "weak", and may be a loose cut of a
+#: smoothly decaying tree).
+COARSE_SILHOUETTE = 0.5
 #: Two levels closer than this factor in their numbers of groups are one level (the wider range is kept).
 _NEIGHBOUR = 1.5
 
@@ -184,3 +190,16 @@ def choose_cut(
         best = best_k(scores)
         return best, scores[best], scores
     return None, math.nan, scores
+
+
+def searched_coarse(levels: Sequence[Level], k: int) -> Level | None:
+    """The coarsest level, when split and failed groups are searched there too, or ``None``.
+
+    It must be coarser than the cut into ``k`` groups and a structure in earnest: distinct, or with a mean silhouette
+    of at least :data:`COARSE_SILHOUETTE`. There a cut near the number of classes still has sub-blocks to compare,
+    and the classes that the tree pulls out of their groups at the cut sit in large blocks again.
+    """
+    if not levels or not 2 <= levels[0].n_groups < k:
+        return None
+    coarse = levels[0]
+    return coarse if coarse.distinct or coarse.silhouette >= COARSE_SILHOUETTE else None

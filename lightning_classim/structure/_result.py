@@ -127,8 +127,9 @@ class SplitGroup:
         groups: the two groups the sets belong to.
         members: the classes of each set.
         similarity: mean similarity between the two sets.
-        cohesion: mean cohesion of the two groups; ``similarity / cohesion`` near 1 means that the two sets are
-            as similar as classes within one group usually are.
+        cohesion: mean cohesion of the two groups it was found between (the cut's, or the coarse level's when the
+            coarsest level is searched too: see :func:`~lightning_classim.analyze`); ``similarity / cohesion`` near
+            1 means that the two sets are as similar as classes within one group usually are.
     """
 
     groups: tuple[int, int]

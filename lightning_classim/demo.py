@@ -117,7 +117,10 @@ def demo_data(
     n_class = sum(len(c) for children in TAXONOMY.values() for c in children.values())
     needed = len(TAXONOMY) + n_sub + n_class + 2
     if dim < needed:
-        raise ValueError(f"Expected `dim` of at least {needed} (one direction per component), but got {dim}.")
+        raise ValueError(
+            f"Expected `dim` of at least {needed} (one orthonormal direction per superclass, subclass, class and "
+            f"planted group), but got {dim}. Pass `dim={needed}` or more."
+        )
     g = torch.Generator().manual_seed(seed)
     directions = iter(torch.linalg.qr(torch.randn(dim, needed, generator=g))[0].T * dim**0.5)
     w_super, w_sub, w_class = weights

@@ -7,7 +7,7 @@ from torch import nn
 from lightning_classim import ClassSimilarityCallback, analyze, render_heatmap
 from lightning_classim.artifacts import list_snapshots, load_snapshot, write_snapshot
 from lightning_classim.datasets import read_mulan
-from lightning_classim.demo import DemoClassifier, hierarchical_data, loaders
+from lightning_classim.demo import DemoClassifier, demo_data, hierarchical_data, loaders
 
 
 @pytest.fixture
@@ -91,3 +91,18 @@ def test_demo_data_bounds():
     assert torch.bincount(y).tolist() == [3] * 6
     with pytest.raises(ValueError, match=r"1..8 superclasses and 1..6 subclasses, but got 9 and 6"):
         hierarchical_data(superclasses=9)
+    with pytest.raises(
+        ValueError, match=r"`dim` of at least 74 \(one orthonormal direction .*\), but got 64\. Pass `dim=74`"
+    ):
+        demo_data(dim=64)
+    # the planted structure, by hand: the failed group's classes share a direction across superclasses, the split
+    # group's subclasses another; without it (planted=0) classes of different superclasses are orthogonal
+    for planted, failed_dot in ((2.5, 2.5**2), (0.0, 0.0)):
+        x, y, names, _ = demo_data(n_per_class=1, noise=0.0, planted=planted)
+        proto = torch.stack([x[y == i][0] for i in range(len(names))]).double() / 128**0.5  # unit directions
+        van, rabbit = names.index("vehicle/road/van"), names.index("animal/pet/rabbit")
+        tram, tower = names.index("vehicle/rail/tram"), names.index("building/landmark/tower")
+        assert float(proto[van] @ proto[rabbit]) == pytest.approx(failed_dot, abs=1e-4)
+        assert float(proto[tram] @ proto[tower]) == pytest.approx(failed_dot, abs=1e-4)
+        sofa, couch = names.index("furniture/seat/sofa"), names.index("furniture/seat/couch")
+        assert torch.equal(proto[sofa], proto[couch])

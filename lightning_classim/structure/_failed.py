@@ -303,7 +303,12 @@ def failed_groups(
     sample = cross_residuals(sim, labels, block_mean, rng)
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample)))) if sample.shape[0] else 0.0
     floor = (threshold - background) / 2
-    cut = max(floor, noise * set_threshold(m, 3, 3))
+
+    def set_cut(n: int, spanned: int, pairs: int) -> float:
+        """The mean residual a set of ``n`` classes in ``spanned`` groups, ``pairs`` of them across, must reach."""
+        return max(floor, noise * set_threshold(m, n, min(n, spanned, pairs)))
+
+    cut = set_cut(3, 3, 3)
     cap = PAIRS_PER_CLASS * m
     rows, cols, vals, count, top = ops().residual_pairs(sim, labels, block_mean, cut, cap)
     first = True
@@ -337,11 +342,8 @@ def failed_groups(
         row, count = resid.sum(axis=1), across.sum(axis=1)
         keep = np.ones(len(members), dtype=bool)
         while keep.sum() >= 3:
-            spanned = np.unique(lab[keep]).shape[0]
-            independent = min(int(keep.sum()), spanned, int(count[keep].sum()) // 2)
-            need = max(floor, noise * set_threshold(m, int(keep.sum()), independent))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                strength = np.where(keep & (count > 0), row / np.maximum(count, 1), np.inf)
+            need = set_cut(int(keep.sum()), np.unique(lab[keep]).shape[0], int(count[keep].sum()) // 2)
+            strength = np.where(keep & (count > 0), row / np.maximum(count, 1), np.inf)
             strength[keep & (count == 0)] = -np.inf  # no kept member outside its group
             worst = int(np.argmin(strength))
             if strength[worst] >= need:
@@ -365,8 +367,7 @@ def failed_groups(
         across = lab[:, None] != lab[None, :]
         mean_across = float(sim[np.ix_(members, members)][across].mean())
         residual = mean_across - float(block_mean[lab[:, None], lab[None, :]][across].mean())
-        independent = min(n, int(np.count_nonzero(spread)), int(across.sum()) // 2)
-        if mean_across < threshold or residual < max(floor, noise * set_threshold(m, n, independent)):
+        if mean_across < threshold or residual < set_cut(n, int(np.count_nonzero(spread)), int(across.sum()) // 2):
             return None
         groups = tuple(int(g) for g in np.nonzero(spread)[0])
         return FailedGroup(members=tuple(members.tolist()), groups=groups, similarity=mean_across), residual
@@ -385,9 +386,9 @@ def merge_failed(
     """The failed groups to report, of those found (with their mean residual) at one or more cuts of one tree.
 
     A set that holds another with over twice its mean residual gives way (two or more failed groups joined dilute
-    it); then a set gives way to another that holds it with at least half its mean residual. Each
-    kept set's ``groups`` and ``similarity`` are those of its members in ``labels`` (the finest of the cuts); the
-    most similar first, at most ``limit``.
+    it); then a set gives way to another that holds it with at least half its mean residual. Each kept set's
+    ``groups`` and ``similarity`` are those of its members in ``labels`` (the finest of the cuts); the most similar
+    first, at most ``limit``.
     """
     strength: dict[tuple[int, ...], float] = {}
     for f, residual in found:

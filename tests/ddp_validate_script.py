@@ -87,3 +87,8 @@ if __name__ == "__main__":
         use_distributed_sampler=sampler in (None, "padding"),
     )
     trainer.validate(net, loader, verbose=False)
+    if torch.distributed.is_initialized():
+        # Lightning destroys the process group at exit from 2.3 on (Lightning-AI/pytorch-lightning#19931); under 2.1
+        # it is left to the interpreter's exit, where gloo's threads once aborted a rank (SIGABRT, "terminate called
+        # without an active exception") after everything was written
+        torch.distributed.destroy_process_group()

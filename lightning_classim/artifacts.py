@@ -3,7 +3,8 @@
 Layout of ``save_dir``::
 
     save_dir/
-      run.json                          # format version, num_classes, class names, scores, options
+      run.json                          # format version, run id, num_classes, class names, scores, options
+      .classim.lock                     # held (flock) by the process writing the run
       epoch=0003-step=000120/
         similarity.npy                  # (m, m) float32, original class order
         order.npy                       # (m,) int64 leaf order
@@ -11,13 +12,16 @@ Layout of ``save_dir``::
         groups.npy                      # (m,) int64 flat group label per class (original order)
         class_names.json                # list of m names
         heatmap.png                     # the ordered heatmap with group outlines
-        summary.json                    # epoch, step, metrics, groups, split and failed groups (written last)
+        explorer.html                   # the epoch's explorer page (when the callback writes one)
+        summary.json                    # epoch, step, run id, metrics, groups, split and failed groups
         (vectors.npy)                   # (m, r) float32 class vectors, in place of similarity.npy for a run of
                                         # class embeddings above 4,096 classes (ClassSimilarityCallback(head=...))
       epoch=0003-step=000120-v1/        # a second snapshot at the same epoch and step (never overwritten)
 
-Every file is written to a temporary name, flushed to disk and renamed, so a reader never sees half a file; a folder
-without ``summary.json`` is incomplete, and :func:`clean_stale` removes it and any ``.tmp`` file a crash left.
+An epoch's folder is built under a marked temporary name (``.epoch=....classim-<pid>.partial``), every file flushed
+to disk, and renamed whole; ``run.json`` is written to a marked temporary name and renamed. So a reader never sees
+half an epoch, and :func:`clean_stale` removes only this package's leftovers of processes that no longer run.
+Reading treats every file as untrusted (:mod:`lightning_classim._files`): regular files only, sizes checked first.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ from typing import Any
 
 import numpy as np
 
+from lightning_classim._files import (
+    UnsafeFile,
+    atomic_write,
+    fsync_dir,
+    npy_bytes,
+    partial_name,
+    read_json,
+    read_npy,
+    remove_leftovers,
+    safe_dirs,
+    write_synced,
+)
 from lightning_classim.render import save_png
 from lightning_classim.structure import StructureResult
 
@@ -62,51 +78,15 @@ __all__ = [
     "list_snapshots",
     "load_snapshot",
     "snapshot_dir",
+    "snapshot_epoch",
     "write_run_info",
     "write_snapshot",
 ]
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` into ``path.tmp``, flush it to disk, then rename it to ``path``.
-
-    A reader never sees half a file, and a crash leaves at most a ``.tmp`` file (removed by :func:`clean_stale`).
-    On an error (a full disk) the partial ``.tmp`` file is removed and the error raised.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _atomic_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1, allow_nan=False).encode()
-    _atomic_write(path, lambda fh: fh.write(data))
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    _atomic_write(path, lambda fh: np.save(fh, arr))
+    atomic_write(path, data)
 
 
 def snapshot_dir(save_dir: str | Path, epoch: int, step: int) -> Path:
@@ -116,30 +96,30 @@ def snapshot_dir(save_dir: str | Path, epoch: int, step: int) -> Path:
     """
     base = Path(save_dir) / f"epoch={epoch:04d}-step={step:06d}"
     folder, version = base, 0
-    while folder.exists():
+    while os.path.lexists(folder):
         version += 1
         folder = base.with_name(f"{base.name}-v{version}")
     return folder
 
 
-def clean_stale(save_dir: str | Path) -> list[Path]:
-    """Remove what an interrupted writer left in a run folder, and return it.
-
-    That is ``*.tmp`` files, and epoch folders without a ``summary.json`` (written last).
-    """
+def run_folders(save_dir: str | Path) -> list[Path]:
+    """The folders of a run that this package writes into: ``save_dir``, ``test/``, ``dataloader_idx_N/`` below
+    them, and ``sources/<tag>/`` below each (symbolic links excluded)."""
     root = Path(save_dir)
-    removed: list[Path] = []
-    if not root.is_dir():
-        return removed
-    for tmp in root.rglob("*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    for folder in [root, *root.glob("sources/*"), *root.glob("dataloader_idx_*"), *root.glob("test")]:
-        for child in folder.iterdir() if folder.is_dir() else ():
-            if child.is_dir() and _SNAPSHOT.match(child.name) and not (child / "summary.json").exists():
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child)
-    return removed
+    stages = safe_dirs([root, root / "test"])
+    loaders = stages + safe_dirs(p for stage in stages for p in sorted(stage.glob("dataloader_idx_*")))
+    return loaders + safe_dirs(p for folder in loaders for p in sorted(folder.glob("sources/*")))
+
+
+def clean_stale(save_dir: str | Path) -> list[Path]:
+    """Remove what an interrupted writer of this package left in a run folder, and return it.
+
+    Only this package's marked temporary names (``.x.classim-<pid>.tmp`` files and ``.epoch=....classim-<pid>.partial``
+    folders) of processes that no longer run, and only at the depths it writes (:func:`run_folders`). A user's files,
+    folders of any other name, and a live process's work are never touched. Call it while holding the run's
+    :class:`~lightning_classim._files.RunLock`.
+    """
+    return remove_leftovers(run_folders(save_dir))
 
 
 def write_run_info(save_dir: str | Path, info: dict[str, Any]) -> Path:
@@ -157,26 +137,44 @@ def write_snapshot(
     result: StructureResult,
     image: np.ndarray | None,
     extra: dict[str, Any] | None = None,
+    files: dict[str, str | bytes] | None = None,
 ) -> Path:
     """Write one epoch's file set (see the module docstring) in a new folder and return it.
 
-    ``summary.json`` is written last: a folder without it is incomplete (readers skip it). When a write fails (a
-    full disk), the new folder is removed and the error raised: nothing partial stays behind.
+    The folder is built under a marked temporary name (every file flushed to disk, ``summary.json`` last) and
+    renamed whole: a reader sees the whole epoch or none of it. When a write fails (a full disk), the temporary
+    folder is removed and the error raised: nothing partial stays behind.
+
+    Args:
+        save_dir: the run folder.
+        epoch: the epoch.
+        step: the global step.
+        result: the analysis.
+        image: the picture (``heatmap.png``), or ``None``.
+        extra: more keys for ``summary.json``.
+        files: more files of the epoch (e.g. ``{"explorer.html": page}``), written before ``summary.json``.
     """
     folder = snapshot_dir(save_dir, epoch, step)
-    folder.mkdir(parents=True)
+    staging = partial_name(folder)
+    staging.mkdir(parents=True)
     try:
         for name, array in result.arrays().items():
-            _atomic_npy(folder / f"{name}.npy", array)
-        _atomic_json(folder / "class_names.json", list(result.class_names))
+            write_synced(staging / f"{name}.npy", npy_bytes(array))
+        write_synced(staging / "class_names.json", json.dumps(list(result.class_names), allow_nan=False).encode())
         if image is not None:
             png = io.BytesIO()
             save_png(image, png)
-            _atomic_write(folder / "heatmap.png", lambda fh: fh.write(png.getvalue()))
-        _atomic_json(folder / "summary.json", {"epoch": epoch, "step": step, **(extra or {}), **result.to_dict()})
+            write_synced(staging / "heatmap.png", png.getvalue())
+        for name, content in (files or {}).items():
+            write_synced(staging / name, content.encode("utf-8") if isinstance(content, str) else content)
+        summary = {"epoch": epoch, "step": step, **(extra or {}), **result.to_dict()}
+        write_synced(staging / "summary.json", json.dumps(summary, indent=1, allow_nan=False).encode())
+        fsync_dir(staging)
+        os.rename(staging, folder)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    fsync_dir(folder.parent)
     return folder
 
 
@@ -204,13 +202,19 @@ class Snapshot:
         return dict(self.result.metrics)
 
 
+def snapshot_epoch(folder: Path) -> int:
+    """The epoch in a snapshot folder's name (``epoch=10000-step=...`` is 10000); -1 for another name."""
+    match = _SNAPSHOT.match(folder.name)
+    return int(match.group(1)) if match else -1
+
+
 def list_snapshots(save_dir: str | Path) -> list[Path]:
-    """The snapshot folders under ``save_dir``, by epoch then step."""
+    """The snapshot folders under ``save_dir``, by epoch then step (real folders holding a ``summary.json``)."""
     root = Path(save_dir)
     found = []
-    for child in root.iterdir() if root.is_dir() else []:
+    for child in root.iterdir() if root.is_dir() and not root.is_symlink() else []:
         match = _SNAPSHOT.match(child.name)
-        if match and child.is_dir() and (child / "summary.json").exists():
+        if match and child.is_dir() and not child.is_symlink() and (child / "summary.json").is_file():
             found.append((int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), child))
     return [p for *_, p in sorted(found)]
 
@@ -224,24 +228,27 @@ def load_snapshot(folder: str | Path) -> Snapshot:
     """
     path = Path(folder)
     try:
-        summary = json.loads((path / "summary.json").read_text())
-        names = json.loads((path / "class_names.json").read_text())
+        summary = read_json(path / "summary.json")
+        names = read_json(path / "class_names.json")
         embedded = not (path / "similarity.npy").exists() and (path / "vectors.npy").exists()
         names_of = [("vectors" if name == "similarity" and embedded else name) for name in _ARRAYS]
-        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in names_of}
+        arrays = {name: read_npy(path / f"{name}.npy") for name in names_of}
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError, json.JSONDecodeError) as err:
+    except (UnsafeFile, OSError) as err:
         raise ValueError(f"Corrupt snapshot in {path}: {err}") from err
     if not isinstance(summary, dict) or not isinstance(names, list):
         raise ValueError(
             f"Corrupt snapshot in {path}: summary.json must hold a dict and class_names.json a list, but they hold "
             f"{type(summary).__name__} and {type(names).__name__}."
         )
+    epoch, step = summary.get("epoch", -1), summary.get("step", -1)
+    if type(epoch) is not int or type(step) is not int:
+        raise ValueError(f"Corrupt snapshot in {path}: its epoch and step must be integers, but are {epoch!r:.40} "
+                         f"and {step!r:.40}.")  # fmt: skip
     try:
         result = StructureResult.from_parts(arrays, summary, names)
     except ValueError as err:
         raise ValueError(f"Corrupt snapshot in {path}: {err}") from err
     extra = {k: v for k, v in summary.items() if k not in _RESULT_KEYS and k not in ("epoch", "step")}
-    return Snapshot(path=path, epoch=int(summary.get("epoch", -1)), step=int(summary.get("step", -1)), result=result,
-                    extra=extra)  # fmt: skip
+    return Snapshot(path=path, epoch=epoch, step=step, result=result, extra=extra)

@@ -8,6 +8,7 @@ is read is modified.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -137,14 +138,20 @@ def _silence_stdout() -> None:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """One command, its errors left to :func:`main`."""
+    from lightning_classim._files import atomic_write
     from lightning_classim.report import write_report
     from lightning_classim.runs import compare_runs, compare_table, export_tree
 
     if args.command == "demo":
-        from lightning_classim import demo  # imports torch and Lightning: only for the demo
-
         if args.epochs < 1:
             parser.error(f"--epochs must be at least 1, got {args.epochs}")
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ValueError(
+                "the demo logs to TensorBoard, which is not installed. Install it with the package's extra: "
+                'pip install "lightning_classim[tensorboard]"'
+            )
+        from lightning_classim import demo  # imports torch and Lightning: only for the demo
+
         return demo.run_cli(args.out, args.epochs, args.seed, progress=not args.no_progress, picture=args.picture)
     if args.command == "report":
         folder = write_report(args.run, args.out)
@@ -171,14 +178,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             from lightning_classim.explorer import compare_html
 
             target = Path(args.html)
-            target.write_text(compare_html(args.runs[0], args.runs[1], args.epoch), encoding="utf-8")
+            atomic_write(target, compare_html(args.runs[0], args.runs[1], args.epoch).encode("utf-8"))
             print(f"explorer of {args.runs[0]} and {args.runs[1]} written to {target}", file=sys.stderr)
         return 0
     if args.command == "export":
         text = export_tree(args.run, args.format, args.epoch)
         if args.out:
-            with open(args.out, "w") as fh:
-                fh.write(text + "\n")
+            from pathlib import Path
+
+            atomic_write(Path(args.out), (text + "\n").encode("utf-8"))
             print(f"{args.format} tree written to {args.out}")
         else:
             print(text)

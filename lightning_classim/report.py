@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from lightning_classim._files import atomic_write
 from lightning_classim.artifacts import Snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
 from lightning_classim.runs import Run, load_run
@@ -156,24 +157,24 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     labels = [f"epoch {s.epoch}" for s in run.snapshots]
     save_png(grid_image(images, labels, cols=min(4, len(images))), folder / "heatmaps.png")
     frames = [Image.fromarray(img) for img in images]
-    frames[0].save(folder / "evolution.gif", save_all=True, append_images=frames[1:], duration=700, loop=0)
-    fig = _metrics_figure(run)
-    fig.savefig(folder / "metrics.png", dpi=80)
+    atomic_write(folder / "evolution.gif", lambda fh: frames[0].save(fh, format="GIF", save_all=True,
+                                                                     append_images=frames[1:], duration=700, loop=0))
+    atomic_write(folder / "metrics.png", lambda fh: _metrics_figure(run).savefig(fh, format="png", dpi=80))
     curves = _silhouette_curves(run)
     if curves:
-        _silhouette_figure(curves).savefig(folder / "silhouettes.png", dpi=80)
+        atomic_write(folder / "silhouettes.png", lambda fh: _silhouette_figure(curves).savefig(fh, format="png", dpi=80))
     changes: list[dict[str, Any]] = [
         {"from_epoch": a.epoch, "to_epoch": b.epoch, "moved": group_changes(a, b)}
         for a, b in zip(run.snapshots[:-1], run.snapshots[1:])
     ]
-    (folder / "changes.json").write_text(json.dumps(changes, indent=1))
+    _write(folder / "changes.json", json.dumps(changes, indent=1))
     pairs = pair_history(run)
-    (folder / "pairs.json").write_text(json.dumps(pairs, indent=1))
+    _write(folder / "pairs.json", json.dumps(pairs, indent=1))
     lines = [
-        f"# Class-similarity report: {run.path}",
+        f"# Class-similarity report: {md_escape(str(run.path))}",
         "",
         f"{run.num_classes} classes, {len(run.snapshots)} analysed epochs "
-        f"({', '.join(str(s.epoch) for s in run.snapshots)}), scores: {run.info.get('scores', '?')}.",
+        f"({', '.join(str(s.epoch) for s in run.snapshots)}), scores: {md_escape(str(run.info.get('scores', '?')))}.",
         "",
         "## Structure over epochs",
         "",
@@ -228,7 +229,7 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
             "any cut.",
         ]
     lines += ["", f"## Groups at epoch {last.epoch}", "", final.summary_markdown()]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    _write(folder / "report.md", "\n".join(lines) + "\n")
     report = {
         "run": str(run.path),
         "num_classes": run.num_classes,
@@ -239,8 +240,12 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
         "final_groups": final.to_dict()["groups"],
         "silhouettes": [{"epoch": epoch, **{str(k): v for k, v in curve.items()}} for epoch, curve in curves],
     }
-    (folder / "report.json").write_text(json.dumps(report, indent=1))
+    _write(folder / "report.json", json.dumps(report, indent=1))
     return folder
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -8,6 +8,7 @@ analysed epoch, see :mod:`lightning_classim.artifacts`). Any folder that holds e
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_classim._files import read_json
 from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot
 from lightning_classim.render import grid_image, render_heatmap, save_png
 from lightning_classim.structure import StructureResult, agreement, nearest_classes
@@ -29,7 +31,9 @@ __all__ = [
     "export_tree",
     "find_run",
     "load_run",
+    "read_run_info",
     "reference_order",
+    "run_folders_below",
 ]
 
 
@@ -70,6 +74,19 @@ class Run:
         )
 
 
+def run_folders_below(root: Path, most: int = 10_000) -> list[Path]:
+    """Folders below ``root`` that hold a ``run.json`` (symbolic links not followed), at most ``most`` folders seen."""
+    found, seen = [], 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        seen += 1
+        if seen > most:
+            break
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "run.json" in files:
+            found.append(Path(folder))
+    return sorted(found)
+
+
 def find_run(path: str | Path) -> Path:
     """The run folder at or below ``path``.
 
@@ -83,7 +100,7 @@ def find_run(path: str | Path) -> Path:
         raise RunError(f"{root} is not a folder.")
     if (root / "run.json").exists() or list_snapshots(root):
         return root
-    found = sorted({p.parent for p in root.rglob("run.json")})
+    found = run_folders_below(root)
     if len(found) == 1:
         return found[0]
     if not found:
@@ -95,33 +112,103 @@ def find_run(path: str | Path) -> Path:
     raise RunError(f"{root} holds {len(found)} runs; pass one of them:\n  {listing}")
 
 
+def read_run_info(folder: Path, num_classes: int | None = None) -> dict[str, Any]:
+    """A run's ``run.json`` as a dict, its values checked (a damaged value is dropped with a :class:`RunWarning`).
+
+    Raises:
+        RunError: if the file is there but is not a JSON object.
+    """
+    path = folder / "run.json"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        info = read_json(path, 64 * 2**20)
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is corrupt: {err}") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{path} is corrupt: it holds a {type(info).__name__}, not a JSON object.")
+    checks = {
+        "run_id": lambda v: isinstance(v, str),
+        "reference": lambda v: v is None or isinstance(v, str),
+        "num_classes": lambda v: type(v) is int and v > 0,
+        "taxonomy": lambda v: v is None or _is_taxonomy(v, num_classes),
+    }
+    for key, ok in checks.items():
+        if key in info and not ok(info[key]):
+            warnings.warn(f"{path}: ignored the damaged value of {key!r}", RunWarning, stacklevel=3)
+            del info[key]
+    return info
+
+
+def _tree_damage(z: np.ndarray, info: dict[str, Any]) -> str:
+    """What is wrong with a loaded tree: negative heights, or merges below their parts where the method cannot
+    make them (only centroid and median linkage have inversions)."""
+    if z.size and z[:, 2].min() < 0:
+        return "its tree has negative heights"
+    analysis = info.get("analysis")
+    method = analysis.get("method") if isinstance(analysis, dict) else None
+    if method in ("centroid", "median") or not z.size:
+        return ""
+    m = z.shape[0] + 1
+    height = np.concatenate([np.zeros(m), z[:, 2]])
+    kids = z[:, :2].astype(np.intp)
+    if (z[:, 2] < np.maximum(height[kids[:, 0]], height[kids[:, 1]]) - 1e-7).any():
+        return "its tree merges clusters below their own merges"
+    return ""
+
+
+def _is_taxonomy(levels: Any, m: int | None) -> bool:
+    """Integer labels per class, one list per level (coarsest first), each of ``m`` labels in ``0..m - 1``."""
+    if not isinstance(levels, list) or not levels or len(levels) > 64:
+        return False
+    for level in levels:
+        if not isinstance(level, list) or (m is not None and len(level) != m) or not level:
+            return False
+        if not all(type(v) is int and 0 <= v < len(level) for v in level):
+            return False
+    return True
+
+
 def load_run(path: str | Path) -> Run:
     """Load a run folder (or the only run below ``path``).
+
+    Every file is read as untrusted input: a damaged epoch is skipped with a :class:`RunWarning`, and so is an epoch
+    of another run (its ``summary.json`` names another run id than ``run.json``).
 
     Raises:
         RunError: if it is missing, empty, corrupt, or its epochs disagree on the number of classes.
     """
     folder = find_run(path)
-    info: dict[str, Any] = {}
-    if (folder / "run.json").exists():
-        try:
-            info = json.loads((folder / "run.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RunError(f"{folder / 'run.json'} is corrupt: {err}") from None
+    info = read_run_info(folder)
     paths = list_snapshots(folder)
     if not paths:
         raise RunError(f"{folder} is a run with no analysed epoch yet (no epoch=... folders).")
     snaps = []
     for p in paths:
         try:
-            snaps.append(load_snapshot(p))
+            snap = load_snapshot(p)
         except (OSError, ValueError) as err:  # one bad epoch does not block the others
             warnings.warn(f"skipped {p}: it is corrupt or incomplete ({err})", RunWarning, stacklevel=2)
+            continue
+        damage = _tree_damage(snap.result.linkage, info)
+        if damage:
+            warnings.warn(f"skipped {p}: it is corrupt ({damage})", RunWarning, stacklevel=2)
+            continue
+        other = snap.extra.get("run_id")
+        if "run_id" in info and other is not None and other != info["run_id"]:
+            warnings.warn(f"skipped {p}: it belongs to another run ({str(other)[:40]}) than {folder / 'run.json'} "
+                          f"({info['run_id']})", RunWarning, stacklevel=2)  # fmt: skip
+            continue
+        snaps.append(snap)
     if not snaps:
         raise RunError(f"{folder} holds no readable epoch: all {len(paths)} epoch folders are corrupt or incomplete.")
     sizes = {s.result.num_classes for s in snaps}
     if len(sizes) != 1:
         raise RunError(f"{folder} mixes epochs with different numbers of classes: {sorted(sizes)}.")
+    if info.get("taxonomy") is not None and not _is_taxonomy(info["taxonomy"], snaps[-1].result.num_classes):
+        warnings.warn(f"{folder / 'run.json'}: ignored a taxonomy that does not fit its {sizes.pop()} classes",
+                      RunWarning, stacklevel=2)  # fmt: skip
+        del info["taxonomy"]
     return Run(path=folder, info=info, snapshots=tuple(snaps))
 
 
@@ -289,7 +376,7 @@ def export_tree(path: str | Path, fmt: str = "json", epoch: int | None = None) -
         text.append(_newick_name(names[i]))
     for a_f, b_f, h, _ in z:
         a, b = int(a_f), int(b_f)
-        la, lb = h - height[a], h - height[b]
+        la, lb = max(h - height[a], 0.0), max(h - height[b], 0.0)  # centroid/median inversions: no negative length
         text.append(f"({text[a]}:{la:.6g},{text[b]}:{lb:.6g})")
         text[a] = text[b] = ""  # free memory: each subtree is used once
     return text[-1] + ";"

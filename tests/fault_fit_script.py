@@ -1,7 +1,10 @@
 """A real fit in a child process, for the fault-injection tests: ``python fault_fit_script.py MODE OUT``.
 
 * ``kill``: the third epoch's analysis stops half-way through writing its files and waits to be killed (``kill -9``
-  from the test); ``OUT/ready`` says when.
+  from the test); ``OUT/ready`` says when. A checkpoint is saved every epoch (``OUT/ckpt/last.ckpt``).
+* ``resume``: the same fit resumed from ``OUT/ckpt/last.ckpt``, to its end.
+* ``hold``: a fit that writes into ``OUT/classim`` slowly (``OUT/ready`` once it holds the folder), for a second
+  process to try the same folder.
 * ``fsize``: a file-size limit of 100 kB (``RLIMIT_FSIZE``): the epochs' files cannot be written; training goes on.
 """
 
@@ -11,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_classim import ClassSimilarityCallback, artifacts
+from lightning_classim.callback import _epoch as epoch_module
 from lightning_classim.demo import DemoClassifier, loaders
 
 if __name__ == "__main__":
@@ -33,19 +37,31 @@ if __name__ == "__main__":
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
     if mode == "kill":
-        original = artifacts._atomic_npy
+        original = artifacts.write_synced
 
-        def stalling(path: Path, arr: np.ndarray) -> None:
-            if path.parent.name.startswith("epoch=0002") and path.name == "order.npy":
-                path.with_name(path.name + ".tmp").write_bytes(b"half")  # as a crash mid-write leaves it
-                (out / "ready").write_text("1")
+        def stalling(path: Path, data) -> None:
+            original(path, data)
+            if path.parent.name.startswith(".epoch=0002") and path.name == "order.npy":
+                (out / "ready").write_text(path.parent.name)  # the unfinished folder, as the crash leaves it
                 time.sleep(600)
-            original(path, arr)
 
-        artifacts._atomic_npy = stalling
+        artifacts.write_synced = stalling
+    if mode == "hold":
+        original_snapshot = epoch_module.write_snapshot
+
+        def slow(*args, **kwargs):
+            folder = original_snapshot(*args, **kwargs)
+            (out / "ready").write_text("1")
+            time.sleep(1.0)
+            return folder
+
+        epoch_module.write_snapshot = slow
     pl.seed_everything(0)
     callback = ClassSimilarityCallback(len(names), class_names=names, save_dir=out / "classim")
-    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
-    trainer.fit(DemoClassifier(in_dim=16, num_classes=len(names), hidden=16), train, val)
+    checkpoints = [ModelCheckpoint(dirpath=out / "ckpt", save_last=True)] if mode in ("kill", "resume") else []
+    trainer = pl.Trainer(max_epochs=4 if mode != "hold" else 6, accelerator="cpu", logger=False,
+                         callbacks=[callback, *checkpoints], enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=bool(checkpoints), num_sanity_val_steps=0)  # fmt: skip
+    ckpt = out / "ckpt" / "last.ckpt" if mode == "resume" else None
+    trainer.fit(DemoClassifier(in_dim=16, num_classes=len(names), hidden=16), train, val, ckpt_path=ckpt)
     print("history", [h["epoch"] for h in callback.history])

@@ -57,38 +57,123 @@ def logits(net, loader) -> np.ndarray:
         return torch.cat([net(x) for x, _ in loader]).double().numpy()
 
 
+def wait_ready(child: subprocess.Popen, out: Path) -> str:
+    deadline = time.time() + 240
+    while not (out / "ready").exists():
+        assert child.poll() is None and time.time() < deadline, child.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.05)
+    return (out / "ready").read_text()
+
+
 @pytest.mark.slow
-def test_kill_9_mid_write_loses_no_finished_epoch_and_leaves_nothing_partial(tmp_path):
+def test_kill_9_mid_write_loses_no_finished_epoch_and_the_resumed_run_cleans_only_its_leftover(tmp_path):
     child = subprocess.Popen([sys.executable, str(SCRIPT), "kill", str(tmp_path)], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.time() + 240
-    while not (tmp_path / "ready").exists():
-        assert child.poll() is None and time.time() < deadline, child.stderr.read().decode()[-2000:]
-        time.sleep(0.1)
+    unfinished = wait_ready(child, tmp_path)
     child.send_signal(signal.SIGKILL)
     child.wait()
     run = tmp_path / "classim"
-    assert list(run.rglob("*.tmp"))  # what the crash left
+    # what the crash left: the third epoch's folder under its marked name, with the killed process's id
+    assert unfinished == f".epoch=0002-step=000009.classim-{child.pid}.partial"
+    assert (run / unfinished / "order.npy").is_file() and not (run / unfinished / "summary.json").exists()
     assert [s.epoch for s in load_run(run).snapshots] == [0, 1]  # the finished epochs are whole; the third is not read
-    cb = ClassSimilarityCallback(M, save_dir=run)
-    _train, val, _, _ = small()
-    with pytest.warns(UserWarning, match=r"removed 2 leftovers of an interrupted run in"):
-        trainer([cb], epochs=1).validate(model(), val, verbose=False)
-    assert not list(run.rglob("*.tmp"))
-    assert all((f / "summary.json").exists() for f in run.glob("epoch=*"))
-    assert len(list_snapshots(run)) == 3
+    (run / "notes.tmp").write_text("mine")  # a user's files beside the run: never touched
+    (run / "epoch=0009-step=000001").mkdir()
+    (run / "epoch=0009-step=000001" / "my_results.csv").write_text("a,b\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "resume", str(tmp_path)], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"removed 1 leftovers of an interrupted run of this package in {run}: {unfinished}." in proc.stderr
+    assert not (run / unfinished).exists()
+    assert (run / "notes.tmp").read_text() == "mine"
+    assert (run / "epoch=0009-step=000001" / "my_results.csv").read_text() == "a,b\n"
+    loaded = load_run(run)
+    assert [s.epoch for s in loaded.snapshots] == [0, 1, 2, 3]  # the resumed run continues the same run
+    assert {s.extra["run_id"] for s in loaded.snapshots} == {loaded.info["run_id"]}
+    assert all((f / "explorer.html").is_file() for f in list_snapshots(run))
 
 
 @pytest.mark.slow
-def test_a_full_disk_warns_once_keeps_training_and_leaves_no_partial_file(tmp_path):
+def test_a_full_disk_warns_at_every_epoch_keeps_training_and_leaves_no_partial_file(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "fsize", str(tmp_path)], env=ENV, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "history [0, 1, 2, 3]" in proc.stdout  # every epoch still reached the loggers
-    assert proc.stderr.count("could not write the files of epoch") == 1
-    assert "could not write the files of epoch 0 (OSError: " in proc.stderr
+    for epoch in range(4):
+        assert f"could not write the files of epoch {epoch} (OSError: " in proc.stderr
+    assert "no partial file or folder was left on disk" in proc.stderr
     run = tmp_path / "classim"
-    assert not list(run.rglob("*.tmp")) and not list(run.glob("epoch=*"))
+    assert sorted(p.name for p in run.iterdir()) == [".classim.lock", "run.json"]  # nothing of any epoch
+
+
+@pytest.mark.slow
+def test_a_second_process_on_the_same_save_dir_is_refused_and_changes_nothing(tmp_path):
+    child = subprocess.Popen([sys.executable, str(SCRIPT), "hold", str(tmp_path)], env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_ready(child, tmp_path)
+    run = tmp_path / "classim"
+    before = (run / "run.json").read_bytes()
+    _, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=run)
+    with pytest.raises(ValueError, match=rf"{run} is being written by another run \(process {child.pid} on "):
+        trainer([cb]).validate(model(), val, verbose=False)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-3000:]
+    assert "history [0, 1, 2, 3, 4, 5]" in out
+    assert (run / "run.json").read_bytes() == before
+    loaded = load_run(run)
+    assert [s.epoch for s in loaded.snapshots] == [0, 1, 2, 3, 4, 5]
+    assert {s.extra["run_id"] for s in loaded.snapshots} == {loaded.info["run_id"]}
+    # once it has ended, another run is still refused: the folder holds that run's epochs
+    with pytest.raises(ValueError, match=r"already holds the epochs of another run \([0-9a-f]{32}\); this run's"):
+        trainer([ClassSimilarityCallback(M, save_dir=run)]).validate(model(), val, verbose=False)
+    assert [s.epoch for s in load_run(run).snapshots] == [0, 1, 2, 3, 4, 5]
+
+
+def test_user_files_beside_and_inside_the_run_folder_are_never_touched(tmp_path):
+    import os as _os
+
+    shared = tmp_path / "shared"
+    mine = {
+        "notes.tmp": "a", "deep/er/cache.tmp": "b", "epoch=0001-step=000005/my_results.csv": "c",
+        "epoch=0002-step=000001.tmp": "d", ".x.classim-1.tmp": "e",  # pid 1 runs: a live process's file is kept
+        "sources/mine/.y.tmp": "f",
+    }  # fmt: skip
+    for name, text in mine.items():
+        (shared / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / name).write_text(text)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = shared / f".epoch=0000-step=000000.classim-{int(dead.stdout)}.partial"
+    leftover.mkdir()
+    _, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=shared)
+    with pytest.warns(UserWarning, match=r"removed 1 leftovers of an interrupted run of this package"):
+        trainer([cb]).validate(model(), val, verbose=False)
+    assert not leftover.exists()
+    for name, text in mine.items():
+        assert (shared / name).read_text() == text, name
+    assert len(list_snapshots(shared)) == 1 and _os.path.isfile(shared / "run.json")
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_an_unwritable_save_dir_fails_at_setup_before_the_first_step(tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    save_dir = tmp_path / "file" / "classim" if where == "under a file" else Path("/proc/classim_test")
+    trained = []
+
+    class Counting(Classifier):
+        def training_step(self, batch, batch_idx):
+            trained.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    pl.seed_everything(0)
+    train, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=save_dir)
+    with pytest.raises(ValueError, match=rf"Expected argument `save_dir` to be a folder this process can write, but "
+                                         rf"{save_dir} cannot be created or written .*Pass a writable"):  # fmt: skip
+        trainer([cb]).fit(Counting(in_dim=16, num_classes=M, hidden=16), train, val)
+    assert trained == []
 
 
 def test_two_callbacks_writing_into_one_folder_are_refused(tmp_path):

@@ -23,10 +23,10 @@ from typing_extensions import override
 from lightning_classim._lightning import CallbackBase
 from lightning_classim._streaming import NanStrategy, ScoresType, check_args
 from lightning_classim._validation import check_bool, check_int, check_names, check_order
-from lightning_classim.artifacts import clean_stale, write_run_info
 from lightning_classim.callback._capture import Capture
 from lightning_classim.callback._epoch import analyse_epoch, write_epoch
 from lightning_classim.callback._loggers import Dispatch, EpochLog
+from lightning_classim.callback._run_folder import RunFolder, default_save_dir
 from lightning_classim.callback._state import results_from_state, results_to_state
 from lightning_classim.callback._trackers import register_built_in
 from lightning_classim.callback._worker import Worker
@@ -176,6 +176,8 @@ class ClassSimilarityCallback(CallbackBase):
         self._worker: Worker[EpochLog] = Worker(self.async_analysis)
         self._history: list[dict[str, Any]] = []
         self._dispatch = Dispatch()
+        self._folder = RunFolder()
+        self._claimed = False
         #: Seconds the training thread spent at each analysed epoch end (compute + hand-over; the analysis itself
         #: runs on the worker thread when ``async_analysis``).
         self.epoch_end_wait_s: list[float] = []
@@ -224,12 +226,11 @@ class ClassSimilarityCallback(CallbackBase):
                 "Pass `save_dir=...` to the callback, or a logger to the Trainer."
             )
         log_dir = trainer.log_dir  # collective under DDP: every rank asks
-        root = Path(log_dir or trainer.default_root_dir)
         if self.save_dir is None:
-            self.save_dir = root / self.tag_prefix
+            self.save_dir = default_save_dir(trainer, self.tag_prefix, log_dir)
         for other in trainer.callbacks:  # type: ignore[attr-defined]
             if other is not self and isinstance(other, ClassSimilarityCallback):
-                theirs = other.save_dir or root / other.tag_prefix
+                theirs = other.save_dir or default_save_dir(trainer, other.tag_prefix, log_dir)
                 if Path(theirs).resolve() == self.save_dir.resolve():
                     raise ValueError(
                         f"Two ClassSimilarityCallback instances would write into one folder, {self.save_dir}: give "
@@ -251,23 +252,46 @@ class ClassSimilarityCallback(CallbackBase):
             module = self._capture.module
             self._capture.attach(find_submodule(pl_module, module, "module") if module else None, layers, input_layers)
         register_built_in()
+        message, removed = self._folder.open(self.save_dir) if trainer.is_global_zero else ("", [])
+        message = trainer.strategy.broadcast(message)  # every process fails alike, before the first step
+        if message:
+            raise ValueError(message)
+        if removed:
+            self._dispatch.once("stale", str(self.save_dir), f"removed {len(removed)} leftovers of an interrupted "
+                                f"run of this package in {self.save_dir}: {', '.join(p.name for p in removed[:3])}"
+                                f"{', ...' if len(removed) > 3 else ''}.")  # fmt: skip
         if trainer.is_global_zero:
-            removed = clean_stale(self.save_dir)
-            if removed:
-                self._dispatch.once(
-                    "stale",
-                    str(self.save_dir),
-                    f"removed {len(removed)} leftovers of an "
-                    f"interrupted run in {self.save_dir} (unfinished files and epoch folders).",
-                )
             for logger in trainer.loggers:  # so that a tracker's runs can be filtered by them
                 self._dispatch.params(logger, self._run_params())
-            try:
-                self._write_run_info()
-            except OSError as err:
-                self._dispatch.once(
-                    "write", "", f"could not write {self.save_dir / 'run.json'} ({err}); training goes on."
-                )
+                if _disabled_comet(logger):
+                    self._dispatch.once("comet", "", (
+                        "CometLogger(online=False) records nothing (Lightning #21617: it disables its experiment), "
+                        "so Comet gets none of this callback's pictures, tables or scalars. Give it a real offline "
+                        "experiment: docs/callback.md, 'Comet offline', has a five-line OfflineCometLogger. The "
+                        f"files are on disk in {self.save_dir}."))  # fmt: skip
+
+    def _claim(self, trainer: pl.Trainer) -> None:
+        """Make the run folder this run's, once the checkpoint (if any) is restored and before the first step."""
+        if self._claimed:  # the same on every process
+            return
+        message = self._folder.claim(self._run_infos()) if trainer.is_global_zero else ""
+        message = trainer.strategy.broadcast(message)
+        if message:
+            raise ValueError(message)
+        self._claimed = True
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._claim(trainer)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            self._claim(trainer)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._claim(trainer)
 
     def _load_reference(self, folder: str | Path) -> StructureResult:
         from lightning_classim.runs import RunError, load_run
@@ -290,31 +314,31 @@ class ClassSimilarityCallback(CallbackBase):
                   "method": options.method, "sources": ",".join(src.name for src in self.sources)}  # fmt: skip
         return {f"{self.tag_prefix}/{k}": v for k, v in params.items()}
 
-    def _write_run_info(self) -> None:
-        assert self.save_dir is not None
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+    def _run_infos(self) -> dict[str, dict[str, Any]]:
+        """``run.json`` of the run folder and of each other source's folder."""
         primary = self.sources[0]
         common = {"num_classes": self.num_classes, "class_names": self._names()}
         taxonomy = None  # its levels as integer labels, coarsest first (the explorer's taxonomy order)
         if self.taxonomy is not None:
             taxonomy = [level.tolist() for level in check_taxonomy(self.taxonomy, self.num_classes, self._names())]
-        write_run_info(self.save_dir, {
+        infos = {"": {
             **common, "scores": self.scores, "multilabel": self.multilabel, "tag_prefix": self.tag_prefix,
             "analysis": (primary.options or self.options).to_dict(),
             "reference": str(self.reference) if isinstance(self.reference, (str, Path)) else None,
             "sources": [src.name for src in self.sources], "source": primary.name, "taxonomy": taxonomy,
-        })  # fmt: skip
+        }}  # fmt: skip
         for src in self.sources[1:]:
-            write_run_info(self.save_dir / "sources" / src.tag, {
-                **common, "source": src.name, "primary": primary.name,
-                "analysis": (src.options or self.options).to_dict(),
-            })  # fmt: skip
+            infos[f"sources/{src.tag}"] = {**common, "source": src.name, "primary": primary.name,
+                                           "analysis": (src.options or self.options).to_dict()}  # fmt: skip
+        return infos
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hand_over(trainer, wait=True)
         self._capture.detach()
         self._worker.shutdown()
+        self._folder.close()
+        self._claimed = False
 
     # ------------------------------------------------------------------------------------------ capture
 
@@ -477,34 +501,32 @@ class ClassSimilarityCallback(CallbackBase):
             heatmap=self.heatmap, undefined=undefined, title=f"{prefix}{stream.suffix}, epoch {epoch}",
         )  # fmt: skip
         stream.previous = dict(analysis.results)  # one assignment: readers see the old or the new dict
-        error, folders = "", []
-        try:
-            folders = write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined)
-        except OSError as err:  # a full disk: nothing partial stays, the loggers still get the epoch
-            error = f"{type(err).__name__}: {err}"
-        if self.explorer and folders:
+        error, folders, page = "", [], None
+        if self.explorer:
             try:
-                self._write_explorer(folders[0], epoch, step, analysis.results[self.sources[0].name], prefix)
-            except Exception as err:  # never lose the epoch for its explorer (a full disk, ...)
+                page = self._explorer_page(epoch, step, analysis.results[self.sources[0].name], prefix)
+            except Exception as err:  # never lose the epoch for its explorer
                 error = f"explorer: {type(err).__name__}: {err}"
+        try:
+            folders = write_epoch(stream.folder(self.save_dir), epoch, step, self.sources, analysis, undefined,
+                                  run_id=self._folder.run_id, explorer_page=page)  # fmt: skip
+        except OSError as err:  # a full disk: nothing of the epoch stays, the loggers still get it
+            error = f"{type(err).__name__}: {err}"
         self.analysis_s.append(time.perf_counter() - start)
         return EpochLog(epoch, step, analysis.scalars, analysis.panels, analysis.at_max_groups, analysis.notes,
                         prefix=prefix, suffix=stream.suffix, write_error=error, stage=stream.stage,
                         dataloader_idx=stream.index, folders=folders)  # fmt: skip
 
-    def _write_explorer(self, folder: Path, epoch: int, step: int, result: StructureResult, prefix: str) -> Path:
-        """The epoch's explorer page, beside its files."""
+    def _explorer_page(self, epoch: int, step: int, result: StructureResult, prefix: str) -> str:
+        """The epoch's explorer page, written beside its files."""
         from lightning_classim.explorer import ExplorerEpoch, explorer_html
 
         taxonomy = None
         if self.taxonomy is not None:
             taxonomy = [level.tolist() for level in check_taxonomy(self.taxonomy, self.num_classes, self._names())]
         reference = None if self._reference is None else self._reference[0].tolist()
-        page = explorer_html([ExplorerEpoch(epoch, step, result)], title=f"{prefix}, epoch {epoch}",
+        return explorer_html([ExplorerEpoch(epoch, step, result)], title=f"{prefix}, epoch {epoch}",
                              taxonomy=taxonomy, reference_order=reference)  # fmt: skip
-        path = folder / "explorer.html"
-        path.write_text(page, encoding="utf-8")
-        return path
 
     # ------------------------------------------------------------------------------------------ logging
 
@@ -552,6 +574,8 @@ class ClassSimilarityCallback(CallbackBase):
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             self._hand_over(trainer, wait=True)
+        self._folder.close()
+        self._claimed = False
 
     # ------------------------------------------------------------------------------------------ results, checkpoints
 
@@ -588,11 +612,13 @@ class ClassSimilarityCallback(CallbackBase):
         self._worker.wait_all()  # a checkpoint taken while an analysis runs waits for it
         streams = {f"{s.stage}/{s.index}": results_to_state(s.previous) for s in self._streams.values() if s.previous}
         return {"version": 2, "num_classes": self.num_classes, "validations": self._validations,
-                "results": streams.pop("validate/0", {}), "streams": streams}  # fmt: skip
+                "results": streams.pop("validate/0", {}), "streams": streams,
+                "run_id": self._folder.run_id}  # fmt: skip
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("version", 1) < 2 or state_dict.get("num_classes", self.num_classes) != self.num_classes:
+        version = state_dict.get("version", 1) if isinstance(state_dict, dict) else None
+        if type(version) is int and (version < 2 or state_dict.get("num_classes", self.num_classes) != self.num_classes):
             if state_dict.get("similarity") is not None or state_dict.get("results"):
                 rank_zero_warn(
                     "ClassSimilarityCallback: the checkpoint's last analysis is from an older version or another "
@@ -600,14 +626,21 @@ class ClassSimilarityCallback(CallbackBase):
                     category=UserWarning,
                 )
             return
-        self._validations = int(state_dict.get("validations", 0))
-        names = {src.name for src in self.sources}
-        parts = {"validate/0": state_dict.get("results", {}), **state_dict.get("streams", {})}
-        for key, part in parts.items():
-            stage, _, index = key.partition("/")
-            results = {k: v for k, v in results_from_state(part).items() if k in names}
-            if results:
-                self._stream(stage, int(index)).previous = results
+        try:
+            validations, restored = _restored(state_dict, {src.name for src in self.sources})
+        except Exception as err:  # a hand-damaged state: resume without it, never fail the fit for it
+            rank_zero_warn(
+                "ClassSimilarityCallback: the checkpoint's state of this callback is damaged and is not restored "
+                f"({type(err).__name__}: {str(err)[:200]}); training resumes, and the first epoch after it has no "
+                "drift.",
+                category=UserWarning,
+            )
+            return
+        self._validations = validations
+        for (stage, index), results in restored.items():
+            self._stream(stage, index).previous = results
+        run_id = state_dict.get("run_id")
+        self._folder.resumed_id = run_id if isinstance(run_id, str) else None
 
 
 MAX_PENDING = 2
@@ -653,6 +686,31 @@ def _with_head(sources: list[Source], head: str, scores: str) -> list[Source]:
     if not any(isinstance(src, HeadSource) and src.module == head for src in out):
         out.insert(0, HeadSource(head))
     return as_sources(out)
+
+
+def _restored(state: Any, names: set[str]) -> tuple[int, dict[tuple[str, int], dict[str, Any]]]:
+    """The validations count and each stream's results of a checkpoint's state (raises on any damage)."""
+    if not isinstance(state, dict) or type(state.get("version")) is not int:
+        raise ValueError("it is not a dict with an integer 'version'")
+    validations = state.get("validations", 0)
+    if type(validations) is not int or validations < 0:
+        raise ValueError(f"'validations' is {validations!r:.40}")
+    parts = {"validate/0": state.get("results", {}), **state.get("streams", {})}
+    out = {}
+    for key, part in parts.items():
+        stage, _, index = str(key).partition("/")
+        if stage not in ("validate", "test") or not index.isdigit():
+            raise ValueError(f"unknown stream {key!r:.40}")
+        results = {k: v for k, v in results_from_state(part).items() if k in names}
+        if results:
+            out[(stage, int(index))] = results
+    return validations, out
+
+
+def _disabled_comet(logger: Any) -> bool:
+    """Whether a Lightning ``CometLogger`` was made with ``online=False`` (its experiment is then disabled)."""
+    config = getattr(logger, "_comet_config", None)
+    return type(logger).__name__ == "CometLogger" and bool(getattr(config, "disabled", False))
 
 
 def _checked(value: Any, cls: type, name: str, example: str) -> Any:

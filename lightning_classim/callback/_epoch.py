@@ -19,7 +19,7 @@ from lightning_classim.options import StructureOptions
 from lightning_classim.picture import Picture, labelled_heatmap
 from lightning_classim.render import HeatmapOptions
 from lightning_classim.sources import Source
-from lightning_classim.structure import StructureResult, agreement, analyze, notes_not_warned
+from lightning_classim.structure import StructureResult, agreement, analyze, md_escape, notes_not_warned
 
 __all__ = ["EpochAnalysis", "Panel", "analyse_epoch", "offdiag_sample", "write_epoch"]
 
@@ -152,21 +152,29 @@ def write_epoch(
     sources: Sequence[Source],
     analysis: EpochAnalysis,
     undefined: Mapping[str, Sequence[int]] | None = None,
+    *,
+    run_id: str | None = None,
+    explorer_page: str | None = None,
 ) -> list[Path]:
     """Write every source's snapshot folder of one epoch and return them.
 
-    The primary source's folder is in ``save_dir``, the others' under ``save_dir/sources/<tag>``.
+    The primary source's folder is in ``save_dir`` (with ``explorer_page`` as its ``explorer.html``), the others'
+    under ``save_dir/sources/<tag>``; each folder appears whole or not at all
+    (:func:`~lightning_classim.artifacts.write_snapshot`), and its ``summary.json`` names the run (``run_id``).
     """
     undefined = undefined or {}
     folders = []
     for src in sources:
-        folder = save_dir if src is sources[0] else save_dir / "sources" / src.tag
+        primary = src is sources[0]
+        folder = save_dir if primary else save_dir / "sources" / src.tag
         extra: dict[str, Any] = {"source": src.name, "constant_classes": [int(i) for i in undefined.get(src.name, ())]}
+        if run_id is not None:
+            extra["run_id"] = run_id
         if src.name in analysis.pictures:  # where the heatmap sits in heatmap.png (left, top, right, bottom)
             extra["heatmap_box"] = list(analysis.pictures[src.name].box)
-        folders.append(
-            write_snapshot(folder, epoch, step, analysis.results[src.name], analysis.images[src.name], extra)
-        )
+        files = {"explorer.html": explorer_page} if primary and explorer_page is not None else None
+        folders.append(write_snapshot(folder, epoch, step, analysis.results[src.name], analysis.images[src.name],
+                                      extra, files=files))  # fmt: skip
     return folders
 
 
@@ -191,9 +199,9 @@ def _taxonomy_table(sources: Sequence[Source], results: Mapping[str, StructureRe
     lines = ["| source | taxonomy tree corr | taxonomy ARI |", "| --- | ---: | ---: |"]
     for src in sources:
         m = results[src.name].metrics
-        lines.append(f"| {src.name} | {m.get('taxonomy_tree_corr', float('nan')):.3f} | "
+        lines.append(f"| {md_escape(src.name)} | {m.get('taxonomy_tree_corr', float('nan')):.3f} | "
                      f"{m.get('taxonomy_ari', float('nan')):.3f} |")  # fmt: skip
-    return f"Source closest to the taxonomy: **{best}**\n\n" + "\n".join(lines)
+    return f"Source closest to the taxonomy: **{md_escape(best)}**\n\n" + "\n".join(lines)
 
 
 def offdiag_sample(sim: np.ndarray) -> np.ndarray:

@@ -138,12 +138,11 @@ class Dispatch:
 
     def advise(self, log: EpochLog, primary: str) -> None:
         """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
-        if log.write_error:
-            self.once(
-                "write",
-                "",
-                f"could not write the files of epoch {log.epoch} ({log.write_error}); nothing "
-                "partial was left on disk, the loggers still get the epoch, and training goes on. Said once.",
+        if log.write_error:  # said at every epoch it hits: a disk that fills at epoch 3 of 50 says so 47 times
+            rank_zero_warn(
+                f"ClassSimilarityCallback: could not write the files of epoch {log.epoch} ({log.write_error}); no "
+                "partial file or folder was left on disk, the loggers still get the epoch, and training goes on.",
+                category=UserWarning,
             )
         for name, k in log.at_max_groups:
             if self._once("max_groups", name):

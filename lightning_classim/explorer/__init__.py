@@ -20,6 +20,7 @@ callback). :func:`compare_html` puts two runs in one order with a difference vie
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -31,10 +32,22 @@ from typing import Any
 
 import numpy as np
 
+from lightning_classim._files import atomic_write
 from lightning_classim.render import colormap_lut, vector_block_mean
 from lightning_classim.structure import StructureResult, nearest_classes
 
-__all__ = ["FULL_MAX", "ExplorerEpoch", "compare_html", "explorer_html", "quantise", "write_explorer"]
+__all__ = [
+    "FULL_MAX",
+    "ExplorerEpoch",
+    "compare_html",
+    "embedded_json",
+    "explorer_html",
+    "explorer_policy",
+    "page_policy",
+    "quantise",
+    "write_explorer",
+    "write_explorer_page",
+]
 
 #: Up to this many classes every epoch's whole matrix is in the page.
 FULL_MAX = 2048
@@ -291,15 +304,51 @@ def explorer_html(
     return _page(data, title)
 
 
+def _assets() -> tuple[str, str]:
+    """The page's inline script and style, exactly as they stand between their tags."""
+    script = "\n" + (_ASSETS / "explorer.js").read_text(encoding="utf-8") + "\n"
+    style = "\n" + (_ASSETS / "explorer.css").read_text(encoding="utf-8") + "\n"
+    return script, style
+
+
+def explorer_policy() -> str:
+    """The Content-Security-Policy every explorer page carries (:func:`page_policy` of its script and style)."""
+    return page_policy(*_assets())
+
+
 def _page(data: dict[str, Any], title: str) -> str:
-    script = (_ASSETS / "explorer.js").read_text(encoding="utf-8")
-    style = (_ASSETS / "explorer.css").read_text(encoding="utf-8")
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    script, style = _assets()
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>\n{style}\n</style>\n</head>\n<body>\n"
-        f'<script id="classim-data" type="application/json">{payload}</script>\n'
-        f"<script>\n{script}\n</script>\n</body>\n</html>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{page_policy(script, style)}">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
+        f'<script id="classim-data" type="application/json">{embedded_json(data)}</script>\n'
+        f"<script>{script}</script>\n</body>\n</html>\n"
+    )
+
+
+def embedded_json(data: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (written as ``\\u003c`` ...), so no
+    name or path can close the element or open a comment (``</script>``, ``<!--``); non-ASCII is escaped too.
+
+    Example:
+        >>> embedded_json({"name": "</script><!--"})
+        '{"name":"\\\\u003c/script\\\\u003e\\\\u003c!--"}'
+    """
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def page_policy(script: str, style: str) -> str:
+    """The page's Content-Security-Policy: only its own inline script and style (by their hashes) run, and nothing
+    is fetched (the page decodes its own data)."""
+    return (
+        f"default-src 'none'; script-src {_sha256(script)}; style-src {_sha256(style)}; img-src data: blob:; "
+        "base-uri 'none'; form-action 'none'"
     )
 
 
@@ -322,6 +371,24 @@ def write_explorer(
     Raises:
         RunError: if the run cannot be read.
     """
+    from lightning_classim.runs import find_run
+
+    page = write_explorer_page(run, full_max=full_max)
+    target = Path(out) if out is not None else find_run(run) / "explorer.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, page.encode("utf-8"))
+    return target
+
+
+def write_explorer_page(run: str | Path, *, title: str | None = None, full_max: int = FULL_MAX) -> str:
+    """The explorer page of a run folder, every epoch: what ``classim explore`` writes and TensorBoard's tab shows.
+
+    The taxonomy order comes from ``run.json``; the reference order from the reference run named there, when it is
+    on disk and has the run's classes.
+
+    Raises:
+        RunError: if the run cannot be read.
+    """
     from lightning_classim.runs import RunError, load_run
 
     loaded = load_run(run)
@@ -331,14 +398,11 @@ def write_explorer(
     if isinstance(ref_path, str):
         try:
             reference = load_run(ref_path).snapshots[-1].result.order.tolist()
-        except RunError:
+        except (RunError, OSError, ValueError):
             reference = None
-    page = explorer_html(epochs, title=f"Class similarity: {loaded.path}", taxonomy=loaded.info.get("taxonomy"),
-                         reference_order=reference, full_max=full_max)  # fmt: skip
-    target = Path(out) if out is not None else loaded.path / "explorer.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
-    return target
+    return explorer_html(epochs, title=title or f"Class similarity: {loaded.path}",
+                         taxonomy=loaded.info.get("taxonomy"), reference_order=reference,
+                         full_max=full_max)  # fmt: skip
 
 
 def compare_html(run_a: str | Path, run_b: str | Path, epoch: int | None = None) -> str:

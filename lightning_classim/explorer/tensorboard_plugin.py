@@ -20,17 +20,35 @@ from typing import Any
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from lightning_classim._files import read_json
+
 __all__ = ["ClassSimilarityPlugin"]
 
 _FRONTEND = Path(__file__).resolve().parent / "tensorboard.js"
 
 
+_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def _response(body: str | bytes, content_type: str, status: int = 200) -> wrappers.Response:
-    return wrappers.Response(body, status=status, content_type=content_type, headers={"Cache-Control": "no-store"})
+    headers = dict(_HEADERS)
+    if content_type == "text/html":
+        from lightning_classim.explorer import explorer_policy
+
+        headers["Content-Security-Policy"] = explorer_policy() + "; frame-ancestors 'self'"
+    return wrappers.Response(body, status=status, content_type=content_type, headers=headers)
+
+
+def _error(message: str, status: int) -> wrappers.Response:
+    return _response(message, "text/plain; charset=utf-8", status)
 
 
 class ClassSimilarityPlugin(base_plugin.TBPlugin):
     """TensorBoard's "Class similarity" tab (see the module docstring).
+
+    Everything under the logdir is read as untrusted input: run folders reached through symbolic links and files
+    that are not regular are ignored, and a run that cannot be read is answered with a short 4xx message (never a
+    500, a traceback or an absolute path).
 
     Args:
         context: TensorBoard's ``TBContext`` (its ``logdir`` is where runs are looked for).
@@ -56,24 +74,25 @@ class ClassSimilarityPlugin(base_plugin.TBPlugin):
 
     def runs(self) -> list[dict[str, Any]]:
         """The callback's runs under the logdir (not the other sources' runs inside them), sorted by path."""
+        from lightning_classim.artifacts import list_snapshots, snapshot_epoch
+        from lightning_classim.runs import run_folders_below
+
         if self._logdir is None or not self._logdir.is_dir():
             return []
         found = []
-        for info in sorted(self._logdir.rglob("run.json")):
-            folder = info.parent
-            if "sources" in folder.relative_to(self._logdir).parts:
+        for folder in run_folders_below(self._logdir):
+            relative = folder.relative_to(self._logdir)
+            if "sources" in relative.parts:
                 continue
             try:
-                meta = json.loads(info.read_text())
+                meta = read_json(folder / "run.json", 64 * 2**20)
             except (OSError, ValueError):
                 continue
-            if not isinstance(meta, dict) or "num_classes" not in meta:
+            if not isinstance(meta, dict) or type(meta.get("num_classes")) is not int:
                 continue
-            epochs = sorted(int(p.name[6:10]) for p in folder.glob("epoch=*") if (p / "summary.json").is_file()
-                            and p.name[6:10].isdigit())  # fmt: skip
+            epochs = sorted({snapshot_epoch(p) for p in list_snapshots(folder)})
             if epochs:
-                found.append({"run": folder.relative_to(self._logdir).as_posix(), "epochs": epochs,
-                              "num_classes": meta.get("num_classes")})  # fmt: skip
+                found.append({"run": relative.as_posix(), "epochs": epochs, "num_classes": meta["num_classes"]})
         return found
 
     @wrappers.Request.application  # type: ignore[arg-type]
@@ -86,23 +105,26 @@ class ClassSimilarityPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application  # type: ignore[arg-type]
     def _explorer_route(self, request: wrappers.Request) -> wrappers.Response:
-        from lightning_classim.explorer import ExplorerEpoch, explorer_html
-        from lightning_classim.runs import RunError, load_run
+        import warnings
+
+        from lightning_classim.explorer import write_explorer_page
+        from lightning_classim.runs import RunError
 
         name = request.args.get("run", "")
         known = {r["run"] for r in self.runs()}
         if name not in known or self._logdir is None:  # only the runs listed: no path outside the logdir
-            return _response(f"No run {name!r} of lightning_classim under the logdir.", "text/plain", 404)
+            return _error("No such run of lightning_classim under the logdir.", 404)
         folder = self._logdir / name
         stamp = tuple(sorted(p.name for p in folder.glob("epoch=*")))
         cached = self._pages.get(name)
         if cached is not None and cached[0] == stamp:
             return _response(cached[1], "text/html")
         try:
-            run = load_run(folder)
-        except RunError as err:
-            return _response(f"The run {name!r} cannot be read: {err}", "text/plain", 500)
-        epochs = [ExplorerEpoch(s.epoch, s.step, s.result) for s in run.snapshots]
-        page = explorer_html(epochs, title=f"{name}", taxonomy=run.info.get("taxonomy"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a damaged epoch is skipped; the server log is not the place
+                page = write_explorer_page(folder, title=name)
+        except (RunError, ValueError, OSError):
+            return _error("This run cannot be read: its epochs are damaged or incomplete (classim explore says why).",
+                          422)  # fmt: skip
         self._pages[name] = (stamp, page)
         return _response(page, "text/html")

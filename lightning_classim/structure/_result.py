@@ -8,7 +8,9 @@ keeps in its checkpoint, and what :func:`~lightning_classim.artifacts.load_snaps
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,14 +59,76 @@ def _group_line(g: GroupSummary, max_members: int, bold: bool = False) -> str:
     return f"| {group} | {g.size} | {_fmt(g.cohesion)} | {_fmt(g.separation)} | {nearest} | {shown} |"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|~#])")
+
+
 def md_escape(text: str) -> str:
-    """A name safe in a markdown table cell: ``|`` escaped, line breaks as spaces."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """A name safe in markdown, table cells included, and in the HTML a markdown renderer makes of it.
+
+    ``&``, ``<`` and ``>`` become entities (no tag or link can be written: TensorBoard's sanitiser keeps
+    ``<img src=...>``), markdown's own syntax (links, images, emphasis, code, ``|``) is escaped with ``\\``, and
+    line breaks become spaces.
+
+    Example:
+        >>> md_escape('<img src="x"> [a](b) a|b')
+        '&lt;img src="x"&gt; \\[a\\]\\(b\\) a\\|b'
+    """
+    flat = " ".join(str(text).splitlines())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def best_k(scores: Mapping[int, float]) -> int:
     """The automatic choice: the best mean silhouette, ties (to 12 decimals) to the smaller number of groups."""
     return max(scores, key=lambda k: (round(scores[k], 12), -k))
+
+
+def _check_values(sim: np.ndarray, vectors: np.ndarray | None) -> None:
+    """A loaded matrix holds correlations (finite, in [-1, 1]); loaded class vectors are finite unit (or zero) rows."""
+    if vectors is not None:
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)) if vectors.size else np.ones(0)
+        if not np.isfinite(norms).all() or (np.minimum(np.abs(norms - 1), norms) > 1e-3).any():
+            raise ValueError("Expected unit class vectors (finite rows of norm 1, or 0 for a constant class), but "
+                             "some rows are not.")  # fmt: skip
+        return
+    if sim.size and (not np.isfinite(sim).all() or np.abs(sim).max() > 1 + 1e-3):
+        raise ValueError("Expected a similarity matrix of correlations (finite values in [-1, 1]), but it holds "
+                         "others.")  # fmt: skip
+
+
+def _check_indices(result: StructureResult) -> None:
+    """Every class and group index of a loaded result is in range, and the group table matches the labels."""
+    m, groups = result.num_classes, result.groups
+    k = int(groups.max()) + 1 if m else 0
+
+    def classes(members: Sequence[int], what: str, low: int = 0) -> None:
+        if any(not low <= i < m for i in members):
+            raise ValueError(f"Expected the classes of {what} in 0..{m - 1}, but got {sorted(members)[:8]}.")
+
+    def labels(values: Sequence[int], what: str) -> None:
+        if any(not 0 <= g < max(k, 1) for g in values):
+            raise ValueError(f"Expected the groups of {what} in 0..{k - 1}, but got {sorted(values)[:8]}.")
+
+    seen = np.zeros(m, dtype=np.int64)
+    for g in result.summary:
+        classes(g.members, f"group {g.group}")
+        labels([g.group], "the group table")
+        if any(int(groups[i]) != g.group for i in g.members):
+            raise ValueError(f"Expected the group table to match groups.npy, but group {g.group} does not.")
+        seen[list(g.members)] += 1
+    if result.summary and (seen != 1).any():
+        raise ValueError("Expected the group table to hold every class once, but it does not.")
+    for s in result.split_groups:
+        classes([*s.members[0], *s.members[1]], "a split group")
+        labels(list(s.groups), "a split group")
+    for f in result.failed_groups:
+        classes(f.members, "a failed group")
+        labels(list(f.groups), "a failed group")
+    for p in result.pairs:
+        classes([p.i], f"the pair {p.a!r:.40}")
+        classes([p.j], f"the pair {p.a!r:.40}", low=-1 if p.kind == "hub" else 0)
+    for level in result.levels:
+        if level.groups.shape != (m,) or (m and (level.groups.min() < 0 or level.groups.max() >= m)):
+            raise ValueError(f"Expected each level's groups as {m} labels in 0..{m - 1}, but a level has others.")
 
 
 @dataclass(frozen=True)
@@ -472,8 +536,9 @@ class StructureResult:
         check_linkage(link)
         if not np.issubdtype(groups.dtype, np.integer) or (m and (groups.min() < 0 or groups.max() >= m)):
             raise ValueError(f"Expected group labels in 0..{m - 1}, but got {groups.min()}..{groups.max()}.")
+        _check_values(sim, vectors)
         try:
-            return cls(
+            result = cls(
                 similarity=sim.astype(np.float32, copy=False),
                 order=order.astype(np.intp),
                 linkage=link.astype(np.float64, copy=False),
@@ -489,10 +554,12 @@ class StructureResult:
                 pairs=tuple(Pair.from_dict(pair) for pair in summary.get("pairs", [])),
                 vectors=None if vectors is None else vectors.astype(np.float32, copy=False),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
             raise ValueError(
-                f"Expected a result summary as `StructureResult.to_dict()` writes it, but: {err!r}"
+                f"Expected a result summary as `StructureResult.to_dict()` writes it, but: {err!r:.300}"
             ) from err
+        _check_indices(result)
+        return result
 
     # ------------------------------------------------------------------------------------------ tables
 

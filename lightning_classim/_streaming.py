@@ -168,7 +168,9 @@ def block_start(x: Tensor, mask: Tensor | None, reuse: Block | None = None) -> B
             shift = torch.where(keep, x, 0).sum(dim=0) / mask.sum().clamp(min=1)
             spread = torch.where(keep, (x - shift).abs(), 0).amax(dim=0)
         usable = torch.isfinite(spread) & (spread > 0)
-        scale = torch.where(usable, torch.exp2(torch.floor(torch.log2(torch.where(usable, spread, 1)))), 1)
+        power = torch.exp2(torch.floor(torch.log2(torch.where(usable, spread, 1))))
+        # at least the smallest normal number, so that 1 / scale is finite for a subnormal spread (scores ~1e-40)
+        scale = torch.where(usable, power.clamp(min=torch.finfo(x.dtype).tiny), 1)
         n = torch.zeros((), dtype=torch.float64, device=x.device)
         inverse = scale.reciprocal()
         offset = shift * -inverse

@@ -25,7 +25,7 @@ from lightning_classim._streaming import unpack
 from lightning_classim._validation import check_int
 from lightning_classim.metric import ClassSimilarity
 
-__all__ = ["ClassEmbeddings", "HeadSimilarity"]
+__all__ = ["ClassEmbeddings", "HeadSimilarity", "check_finite_head"]
 
 
 class ClassEmbeddings:
@@ -110,6 +110,25 @@ class ClassEmbeddings:
         return means
 
 
+def check_finite_head(weight: Tensor, bias: Tensor | None, name: str) -> None:
+    """A head's weight and bias hold finite numbers (a diverged training gives NaN class vectors otherwise).
+
+    Raises:
+        ValueError: naming the head, how many values are not finite, and in which rows.
+    """
+    for what, value in (("weight", weight), ("bias", bias)):
+        if value is None:
+            continue
+        bad = ~torch.isfinite(torch.as_tensor(value).detach())
+        if bool(bad.any()):
+            rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(
+                f"Expected the {what} of the head {name!r} to be finite, but it holds {int(bad.sum())} NaN or infinite "
+                f"values (classes {rows}{', ...' if int(bad.reshape(bad.shape[0], -1).any(dim=1).sum()) > 5 else ''})."
+                " The training diverged: lower the learning rate, or clip the gradients."
+            )
+
+
 class HeadSimilarity(ClassSimilarity):
     """Streams the features a linear head reads; gives the exact class similarity of its logits.
 
@@ -181,6 +200,7 @@ class HeadSimilarity(ClassSimilarity):
             raise ValueError(
                 f"Expected argument `bias` of shape ({w.shape[0]},), but got {tuple(torch.as_tensor(bias).shape)}."
             )
+        check_finite_head(w, bias, "weight")
         self._fold()
         n, mean, m2 = unpack(self.stats)
         count = int(n.item())
@@ -194,15 +214,25 @@ class HeadSimilarity(ClassSimilarity):
                 "Expected the features to be finite, but some batches held NaN or infinite values. Fix the model, "
                 "or pass `nan_strategy='skip'` to leave those rows out."
             )
+        if not bool(torch.isfinite(m2).all()):
+            raise ValueError(
+                "Expected features whose covariance fits float64, but it overflowed (features of magnitude above "
+                "about 1e150). Scale the head's input down (a normalisation before the head), or check the model."
+            )
         self.num_skipped = int(self.skipped.item())
         cov = m2 / (count - 1)
-        evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+        top = cov.diagonal().abs().max().clamp(min=torch.finfo(torch.float64).tiny)
+        evals, evecs = torch.linalg.eigh((cov + cov.T) / (2 * top))  # in units of the largest variance: no overflow
         keep = evals > evals.max().clamp(min=0) * cov.shape[0] * torch.finfo(torch.float64).eps
-        root = evecs[:, keep] * evals[keep].sqrt()  # Sigma = root root^T
-        vectors = w.to(device=root.device, dtype=torch.float64) @ root
+        root = evecs[:, keep] * evals[keep].sqrt()  # Sigma / top = root root^T
+        w64 = w.to(device=root.device, dtype=torch.float64)
+        w64 = w64 / w64.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)  # r is per-class
+        vectors = w64 @ root
         norms = vectors.norm(dim=1)
-        scale = norms.max().clamp(min=torch.finfo(torch.float64).tiny)
-        constant = norms <= scale * 1e-12
+        # a class is constant when its logit's spread is nil next to what its own weight could give (scale-free:
+        # a class whose weight is 1e-13 times the others' is as defined as any)
+        reach = w64.norm(dim=1) * evals.max().clamp(min=0).sqrt()
+        constant = norms <= reach * 1e-10
         vectors = torch.where(constant[:, None], torch.zeros_like(vectors), vectors / norms.clamp(min=1e-300)[:, None])
         self.constant_classes = constant.nonzero().flatten().cpu()
         return ClassEmbeddings(vectors.to(torch.float32), self.constant_classes)

@@ -252,7 +252,22 @@ class ClassSimilarity(Metric):
             incoming_state = incoming_state.metric_state
         elif isinstance(incoming_state, dict):
             self._check_states(incoming_state, "incoming_state")
+            mine_kind = (self.scores, self.multilabel)
+            theirs_kind = (incoming_state.get("scores", self.scores), incoming_state.get("multilabel", self.multilabel))
+            if theirs_kind != mine_kind:
+                raise ValueError(
+                    f"Expected argument `incoming_state` to hold the sums of the same scores, but it holds those of "
+                    f"(scores, multilabel) = {theirs_kind} and this metric correlates {mine_kind}. Merge only the "
+                    "`metric_state` of a metric made with the same `scores` and `multilabel`."
+                )
         super().merge_state(incoming_state)
+
+    @property
+    def metric_state(self) -> dict[str, Any]:
+        """The metric's states (its open block folded in), and what they are sums of (``scores`` and
+        ``multilabel``), for :meth:`merge_state`."""
+        self._fold()
+        return {**super().metric_state, "scores": self.scores, "multilabel": self.multilabel}
 
     def _check_states(self, states: dict[str, Any], name: str) -> None:
         for key, default in self._defaults.items():

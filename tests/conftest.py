@@ -52,8 +52,36 @@ def assert_heatmap_inside(image: np.ndarray, box, matrix, order=None, groups=Non
     np.testing.assert_array_equal(crop, expected)
 
 
-def wandb_records(path: Path) -> list:
-    """The records of an offline ``.wandb`` file (a LevelDB-style log of W&B protobuf records)."""
+def wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The records of an offline ``.wandb`` file (a LevelDB-style log of W&B protobuf records), once W&B's writer has
+    put the run's last record (``exit``) on disk: ``finish()`` can return before it has (waits at most ``timeout``)."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _wandb_records(path)
+        except (AssertionError, DecodeError, struct.error):  # a record half written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def wandb_run_file(root: Path, timeout: float = 60.0) -> Path:
+    """The one ``.wandb`` file under ``root`` (waits at most ``timeout`` for W&B's writer to create it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := list(root.rglob("*.wandb"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (path,) = found
+    return path
+
+
+def _wandb_records(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_heatmap_inside, lightning_net, wandb_records
+from conftest import assert_heatmap_inside, lightning_net, wandb_records, wandb_run_file
 from PIL import Image
 from scipy.cluster.hierarchy import cophenet
 from sklearn.metrics import adjusted_rand_score
@@ -66,7 +66,7 @@ def test_wandb_in_the_lightning_namespace_with_prefix_and_run_params(tmp_path, m
     logger = L.loggers.WandbLogger(project="classim-test", save_dir=str(tmp_path), offline=True, prefix="p")
     fit(L, tmp_path, logger)
     logger.experiment.finish()
-    (run_file,) = tmp_path.rglob("*.wandb")
+    run_file = wandb_run_file(tmp_path)
     history, config = [], {}
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_classim.head import HeadSimilarity
+from lightning_classim.head import HeadSimilarity, check_finite_head
 from lightning_classim.metric import ClassSimilarity
 from lightning_classim.options import StructureOptions
 from lightning_classim.sources._base import BatchInputs, Source, SourceContext, find_submodule
@@ -137,12 +137,14 @@ class HeadSource(Source):
         return metric
 
     def _check_linear(self, features: Tensor, output: Tensor | None, ctx: SourceContext) -> None:
-        """The head's output on a few rows is ``features @ weight.T + bias``: else the route would be wrong."""
+        """The head's output on the batch (up to 8,192 rows) is ``features @ weight.T + bias``: else the route would be
+        wrong. Costs one more forward pass of the head, on the first batch of each epoch."""
         if output is None or ctx.module is None:
             return
         weight, bias = self._weight(ctx)
-        rows = features.reshape(-1, features.shape[-1])[:4]
-        got = output.reshape(-1, output.shape[-1])[:4]
+        check_finite_head(weight, bias, self.module)
+        rows = features.reshape(-1, features.shape[-1])[:8192]
+        got = output.reshape(-1, output.shape[-1])[:8192]
         if rows.shape[-1] != weight.shape[1] or got.shape != (rows.shape[0], weight.shape[0]):
             raise ValueError(
                 f"Source {self.name!r}: the head {self.module!r} maps inputs of shape {tuple(features.shape)} to "
@@ -165,6 +167,7 @@ class HeadSource(Source):
         if width == 0:
             raise ValueError(f"Source {self.name!r} saw no input of {self.module!r} on any process in this epoch.")
         weight, bias = self._weight(ctx)
+        check_finite_head(weight, bias, self.module)
         if not isinstance(metric, HeadSimilarity):
             metric = HeadSimilarity(width, nan_strategy=ctx.nan_strategy).to(weight.device)
         return metric.compute(weight, bias)

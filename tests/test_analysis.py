@@ -22,7 +22,7 @@ from lightning_classim import (
     taxonomy_agreement,
 )
 from lightning_classim.options import default_max_groups
-from lightning_classim.structure import notes_not_warned
+from lightning_classim.structure import md_escape, notes_not_warned
 
 
 @pytest.fixture
@@ -258,6 +258,9 @@ def test_align_order_keeps_the_tree_and_follows_previous(planted):
     # any orientation of the same tree gives the same cophenetic distances between neighbours' groups
     seq = res.groups[new]
     assert len(np.nonzero(np.diff(seq))[0]) == 2  # still 3 contiguous blocks
+    # it follows the previous order: flipping every merge of the tree gives the reversed order, by hand
+    assert align_order(res.linkage, res.order[::-1]).tolist() == res.order[::-1].tolist()
+    assert align_order(res.linkage, res.order).tolist() == res.order.tolist()
 
 
 def test_align_order_rejects_a_matrix_of_the_wrong_shape():
@@ -680,7 +683,7 @@ def test_notes_are_kept_in_the_result_and_warned_unless_quiet_in_this_thread():
         loud = analyze(pairs, n_groups=2)
     assert loud.notes == (str(said[0].message),)
     assert loud.to_dict()["notes"] == list(loud.notes)
-    assert f"Note: {loud.notes[0]}" in loud.summary_markdown()
+    assert f"Note: {md_escape(loud.notes[0])}" in loud.summary_markdown()  # escaped: a note may name classes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with notes_not_warned():

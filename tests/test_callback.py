@@ -373,7 +373,7 @@ def test_integer_like_num_classes():
     assert ClassSimilarityCallback(torch.tensor(5)).num_classes == 5
 
 
-def test_lightning_cli_yaml(tmp_path):
+def test_lightning_cli_yaml(tmp_path, capsys):
     from pytorch_lightning.cli import LightningCLI
 
     config = tmp_path / "config.yaml"
@@ -419,8 +419,9 @@ def test_lightning_cli_yaml(tmp_path):
     assert cb.sources[2].metric.scores == "probs"
     bad = tmp_path / "bad.yaml"
     bad.write_text(config.read_text().replace("scores: ranks", "scores: softmax"))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^2$"):  # jsonargparse's usage error, saying why on stderr
         LightningCLI(DemoClassifier, run=False, args=["--config", str(bad)], save_config_callback=None)
+    assert "softmax" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------------- DDP
@@ -512,7 +513,8 @@ def test_history_is_empty_before_fit():
     assert cb.history == [] and cb.last_result is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cb.state_dict() == {"version": 2, "num_classes": 4, "validations": 0, "results": {}, "streams": {}}
+        assert cb.state_dict() == {"version": 2, "num_classes": 4, "validations": 0, "results": {}, "streams": {},
+                                   "run_id": None}  # fmt: skip
         cb.load_state_dict({})
     # a checkpoint of the earlier format (version 1) is not restored, and the user is told
     with pytest.warns(UserWarning, match=r"last analysis is from an older version .* is not restored"):

@@ -178,3 +178,25 @@ def test_the_tensorboard_tab_answers_hostile_runs_with_short_4xx(tmp_path):
         assert status == 404
     log = (tmp_path / "server.log").read_text()
     assert "will become an error" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_the_page_holds_the_pairs_split_and_failed_groups_of_each_epoch(tmp_path):
+    # five sub-groups of five; the first class of each also shares a factor with the others: a failed group (as in
+    # test_analysis.py), and class 1 a near duplicate of class 2
+    rng = np.random.default_rng(0)
+    n, subs, per = 6000, 5, 5
+    m = subs * per
+    sub = np.repeat(np.arange(subs), per)
+    cross = np.arange(0, m, per)
+    f_sub, f_g = rng.standard_normal((n, subs)), rng.standard_normal(n)
+    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
+    x[:, cross] = f_g[:, None] + f_sub[:, sub[cross]] + 0.6 * rng.standard_normal((n, len(cross)))
+    x[:, 1] = x[:, 2] + 0.05 * rng.standard_normal(n)
+    result = analyze(np.corrcoef(x, rowvar=False), n_groups=5, class_names=[f"c{i}" for i in range(m)])
+    assert result.pairs and result.failed_groups  # the planted findings are found
+    page = explorer_html([ExplorerEpoch(0, 0, result)])
+    data = json.loads(re.search(r'<script id="classim-data" type="application/json">(.*?)</script>', page, re.S)[1])
+    (epoch,) = data["epochs"]
+    assert [(p["kind"], p["i"], p["j"]) for p in epoch["pairs"]] == [(p.kind, p.i, p.j) for p in result.pairs]
+    assert [f["members"] for f in epoch["failed"]] == [list(f.members) for f in result.failed_groups]
+    assert [s["a"] for s in epoch["split"]] == [list(s.members[0]) for s in result.split_groups]

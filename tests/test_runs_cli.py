@@ -15,7 +15,7 @@ from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from lightning_classim import ClassSimilarityCallback, analyze
-from lightning_classim.artifacts import list_snapshots, load_snapshot, write_run_info, write_snapshot
+from lightning_classim.artifacts import Snapshot, list_snapshots, load_snapshot, write_run_info, write_snapshot
 from lightning_classim.cli import main
 from lightning_classim.demo import DemoClassifier, loaders
 from lightning_classim.report import group_changes
@@ -70,6 +70,12 @@ def test_compare_run_with_itself_agrees_fully(runs, tmp_path):
     assert c["matrix_corr"] == pytest.approx(1.0)
     assert c["group_ari"] == 1.0 and c["cophenetic_corr"] == pytest.approx(1.0)
     assert c["neighbour_overlap_mean"] == 1.0
+    # and not 1.0 whatever the runs: the same command on two seeds gives numpy's correlation of their matrices
+    other = json.loads(run_cli("compare", str(runs["a"]), str(runs["b"]), "--json").stdout)["comparisons"][0]
+    a, b = (load_snapshot(list_snapshots(runs[k])[-1]).result.similarity for k in ("a", "b"))
+    upper = np.triu_indices(a.shape[0], 1)
+    assert other["matrix_corr"] == pytest.approx(np.corrcoef(a[upper], b[upper])[0, 1], abs=1e-6)
+    assert other["matrix_corr"] < 0.999 and other["neighbour_overlap_mean"] < 1.0
 
 
 @pytest.mark.slow
@@ -159,9 +165,8 @@ def test_group_changes_by_hand(tmp_path):
 
     def snap(groups):
         res = analyze(sim, n_groups=1, class_names=names, find_failed=False)
-        object.__setattr__(res, "groups", np.asarray(groups))
-        folder = write_snapshot(tmp_path / str(groups), 0, 0, res, None)
-        return load_snapshot(folder)
+        object.__setattr__(res, "groups", np.asarray(groups))  # not a result loading accepts: kept in memory
+        return Snapshot(tmp_path, 0, 0, res, {})
 
     before = snap([0, 0, 0, 1, 1, 1])
     after = snap([1, 1, 0, 0, 0, 0])  # renumbered: group 1 is the old 0, and class 2 moved to the old group 1

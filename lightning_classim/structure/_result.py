@@ -70,8 +70,8 @@ def md_escape(text: str) -> str:
     line breaks become spaces.
 
     Example:
-        >>> md_escape('<img src="x"> [a](b) a|b')
-        '&lt;img src="x"&gt; \\[a\\]\\(b\\) a\\|b'
+        >>> print(md_escape('<img src="x"> [a](b) a|b'))
+        &lt;img src="x"&gt; \\[a\\]\\(b\\) a\\|b
     """
     flat = " ".join(str(text).splitlines())
     return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))

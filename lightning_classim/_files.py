@@ -54,11 +54,11 @@ _TMP = re.compile(r"^\..+\.classim-(\d+)\.tmp$")
 _PARTIAL = re.compile(r"^\..+\.classim-(\d+)\.partial$")
 
 
-class UnsafeFile(ValueError):
+class UnsafeFile(ValueError):  # noqa: N818 (reads as what it is: a file that is unsafe)
     """A file of a run that cannot be read safely: not a regular file, too large, or inconsistent."""
 
 
-class RunBusy(RuntimeError):
+class RunBusy(RuntimeError):  # noqa: N818 (a state, not an error of the caller)
     """Another live process holds the run folder."""
 
 
@@ -295,7 +295,7 @@ def read_npy(path: Path, max_bytes: int = 2**40) -> np.ndarray:
                 f"{path.name} claims a {dtype} array of shape {tuple(shape)} ({expected} bytes) but holds {size} bytes"
             )
         array = np.empty(count, dtype=dtype)
-        got = fh.readinto(memoryview(array).cast("B")) if count else 0
+        got = fh.readinto(array.data.cast("B")) if count else 0
     if got != count * dtype.itemsize:
         raise UnsafeFile(f"{path.name} ended early: {got} of {count * dtype.itemsize} bytes")
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)

@@ -103,8 +103,10 @@ def snapshot_dir(save_dir: str | Path, epoch: int, step: int) -> Path:
 
 
 def run_folders(save_dir: str | Path) -> list[Path]:
-    """The folders of a run that this package writes into: ``save_dir``, ``test/``, ``dataloader_idx_N/`` below
-    them, and ``sources/<tag>/`` below each (symbolic links excluded)."""
+    """The folders of a run that this package writes into (symbolic links excluded).
+
+    They are ``save_dir``, ``test/``, ``dataloader_idx_N/`` below them, and ``sources/<tag>/`` below each.
+    """
     root = Path(save_dir)
     stages = safe_dirs([root, root / "test"])
     loaders = stages + safe_dirs(p for stage in stages for p in sorted(stage.glob("dataloader_idx_*")))

@@ -207,11 +207,6 @@ class ClassSimilarity(Metric):
         self._block_len = 0
         self._block_count = 0
 
-    @property
-    def metric_state(self) -> dict[str, list[Tensor] | Tensor]:  # noqa: D102 (documented in torchmetrics)
-        self._fold()
-        return {name: getattr(self, name) for name in self._defaults}
-
     def sync(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102 (documented in torchmetrics)
         self._fold()
         super().sync(*args, **kwargs)
@@ -264,8 +259,7 @@ class ClassSimilarity(Metric):
 
     @property
     def metric_state(self) -> dict[str, Any]:
-        """The metric's states (its open block folded in), and what they are sums of (``scores`` and
-        ``multilabel``), for :meth:`merge_state`."""
+        """The metric's states (its open block folded in), and what they sum (``scores``, ``multilabel``)."""
         self._fold()
         return {**super().metric_state, "scores": self.scores, "multilabel": self.multilabel}
 

@@ -15,7 +15,6 @@ from typing import IO, Any
 import numpy as np
 
 from lightning_classim._files import atomic_write
-
 from lightning_classim._validation import check_finite_number, check_int, check_order
 
 __all__ = [

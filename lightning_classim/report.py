@@ -157,12 +157,16 @@ def write_report(path: str | Path, out: str | Path | None = None, max_pixels: in
     labels = [f"epoch {s.epoch}" for s in run.snapshots]
     save_png(grid_image(images, labels, cols=min(4, len(images))), folder / "heatmaps.png")
     frames = [Image.fromarray(img) for img in images]
-    atomic_write(folder / "evolution.gif", lambda fh: frames[0].save(fh, format="GIF", save_all=True,
-                                                                     append_images=frames[1:], duration=700, loop=0))
+    atomic_write(
+        folder / "evolution.gif",
+        lambda fh: frames[0].save(fh, format="GIF", save_all=True, append_images=frames[1:], duration=700, loop=0),
+    )
     atomic_write(folder / "metrics.png", lambda fh: _metrics_figure(run).savefig(fh, format="png", dpi=80))
     curves = _silhouette_curves(run)
     if curves:
-        atomic_write(folder / "silhouettes.png", lambda fh: _silhouette_figure(curves).savefig(fh, format="png", dpi=80))
+        atomic_write(
+            folder / "silhouettes.png", lambda fh: _silhouette_figure(curves).savefig(fh, format="png", dpi=80)
+        )
     changes: list[dict[str, Any]] = [
         {"from_epoch": a.epoch, "to_epoch": b.epoch, "moved": group_changes(a, b)}
         for a, b in zip(run.snapshots[:-1], run.snapshots[1:])

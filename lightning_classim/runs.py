@@ -141,8 +141,10 @@ def read_run_info(folder: Path, num_classes: int | None = None) -> dict[str, Any
 
 
 def _tree_damage(z: np.ndarray, info: dict[str, Any]) -> str:
-    """What is wrong with a loaded tree: negative heights, or merges below their parts where the method cannot
-    make them (only centroid and median linkage have inversions)."""
+    """What is wrong with a loaded tree: negative heights, or merges below their parts.
+
+    Only centroid and median linkage make such inversions; for the other methods they are damage.
+    """
     if z.size and z[:, 2].min() < 0:
         return "its tree has negative heights"
     analysis = info.get("analysis")

@@ -43,17 +43,31 @@ DAMAGE = {
     "class names hold a dict": lambda f: (f / "class_names.json").write_text('{"a": 1}'),
     "summary nested 100,000 deep": lambda f: (f / "summary.json").write_text("[" * 100_000 + "]" * 100_000),
     "epoch is a list": lambda f: _edit_summary(f, lambda s: {**s, "epoch": [1]}),
-    "split group member out of range": lambda f: _edit_summary(f, lambda s: {**s, "split_groups": [
-        {"groups": [0, 1], "members": [[0], [99]], "similarity": 0.5}]}),
-    "failed group member out of range": lambda f: _edit_summary(f, lambda s: {**s, "failed_groups": [
-        {"members": [0, 1, 77], "groups": [0, 1], "similarity": 0.5}]}),
-    "pair index 999": lambda f: _edit_summary(f, lambda s: {**s, "pairs": [
-        {"kind": "outlier", "a": "0", "b": "1", "i": 999, "j": 1, "score": 5.0, "similarity": 0.5}]}),
-    "pair index -5": lambda f: _edit_summary(f, lambda s: {**s, "pairs": [
-        {"kind": "outlier", "a": "0", "b": "1", "i": 0, "j": -5, "score": 5.0, "similarity": 0.5}]}),
+    "split group member out of range": lambda f: _edit_summary(
+        f, lambda s: {**s, "split_groups": [{"groups": [0, 1], "members": [[0], [99]], "similarity": 0.5}]}
+    ),
+    "failed group member out of range": lambda f: _edit_summary(
+        f, lambda s: {**s, "failed_groups": [{"members": [0, 1, 77], "groups": [0, 1], "similarity": 0.5}]}
+    ),
+    "pair index 999": lambda f: _edit_summary(
+        f,
+        lambda s: {
+            **s,
+            "pairs": [{"kind": "outlier", "a": "0", "b": "1", "i": 999, "j": 1, "score": 5.0, "similarity": 0.5}],
+        },
+    ),
+    "pair index -5": lambda f: _edit_summary(
+        f,
+        lambda s: {
+            **s,
+            "pairs": [{"kind": "outlier", "a": "0", "b": "1", "i": 0, "j": -5, "score": 5.0, "similarity": 0.5}],
+        },
+    ),
     "all-NaN similarity": lambda f: np.save(f / "similarity.npy", np.full((6, 6), np.nan, dtype=np.float32)),
     "similarity outside [-1, 1]": lambda f: np.save(f / "similarity.npy", np.full((6, 6), 3.0, dtype=np.float32)),
-    "groups.npy disagrees with summary.json": lambda f: np.save(f / "groups.npy", np.roll(np.load(f / "groups.npy"), 1)),
+    "groups.npy disagrees with summary.json": lambda f: np.save(
+        f / "groups.npy", np.roll(np.load(f / "groups.npy"), 1)
+    ),
     "non-monotone linkage": lambda f: np.save(f / "linkage.npy", _inverted(np.load(f / "linkage.npy"))),
 }
 

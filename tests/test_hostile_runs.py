@@ -18,7 +18,7 @@ from test_explorer import _free_port, browser_test, driver, load, make_run, seve
 
 from lightning_classim import analyze
 from lightning_classim.artifacts import list_snapshots, write_run_info, write_snapshot
-from lightning_classim.explorer import explorer_html, ExplorerEpoch, write_explorer
+from lightning_classim.explorer import ExplorerEpoch, explorer_html, write_explorer
 from lightning_classim.report import write_report
 from lightning_classim.structure import md_escape
 
@@ -92,12 +92,19 @@ def _huge_header_run(folder: Path) -> None:
     (snap / "similarity.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
 
 
-@pytest.mark.parametrize(("damage", "says"), [(_fifo_run, "similarity.npy is not a regular file"),
-                                              (_huge_header_run, "claims a float32 array of shape (99999, 99999)")])
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_fifo_run, "similarity.npy is not a regular file"),
+        (_huge_header_run, "claims a float32 array of shape (99999, 99999)"),
+    ],
+)
 def test_a_fifo_or_an_oversized_header_is_a_quick_one_line_error(tmp_path, damage, says):
     damage(tmp_path / "run")
     for command in ("report", "explore", "export"):
-        proc, took = cli(command, str(tmp_path / "run"), *(["--out", str(tmp_path / "o")] if command != "export" else []))
+        proc, took = cli(
+            command, str(tmp_path / "run"), *(["--out", str(tmp_path / "o")] if command != "export" else [])
+        )
         assert took < 60 and proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert says in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith(f"classim {command}: error:")
 

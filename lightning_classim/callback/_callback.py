@@ -618,7 +618,9 @@ class ClassSimilarityCallback(CallbackBase):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         version = state_dict.get("version", 1) if isinstance(state_dict, dict) else None
-        if type(version) is int and (version < 2 or state_dict.get("num_classes", self.num_classes) != self.num_classes):
+        if type(version) is int and (
+            version < 2 or state_dict.get("num_classes", self.num_classes) != self.num_classes
+        ):
             if state_dict.get("similarity") is not None or state_dict.get("results"):
                 rank_zero_warn(
                     "ClassSimilarityCallback: the checkpoint's last analysis is from an older version or another "

@@ -172,7 +172,9 @@ def write_epoch(
             extra["run_id"] = run_id
         if src.name in analysis.pictures:  # where the heatmap sits in heatmap.png (left, top, right, bottom)
             extra["heatmap_box"] = list(analysis.pictures[src.name].box)
-        files = {"explorer.html": explorer_page} if primary and explorer_page is not None else None
+        files: dict[str, str | bytes] | None = None
+        if primary and explorer_page is not None:
+            files = {"explorer.html": explorer_page}
         folders.append(write_snapshot(folder, epoch, step, analysis.results[src.name], analysis.images[src.name],
                                       extra, files=files))  # fmt: skip
     return folders

@@ -328,12 +328,14 @@ def _page(data: dict[str, Any], title: str) -> str:
 
 
 def embedded_json(data: Any) -> str:
-    """JSON that is safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (written as ``\\u003c`` ...), so no
-    name or path can close the element or open a comment (``</script>``, ``<!--``); non-ASCII is escaped too.
+    r"""JSON that is safe inside a ``<script>`` element, with non-ASCII escaped too.
+
+    ``<``, ``>`` and ``&`` are written as ``\u003c``, ``\u003e`` and ``\u0026``, so that no name or path can close
+    the element or open a comment (``</script>``, ``<!--``).
 
     Example:
         >>> embedded_json({"name": "</script><!--"})
-        '{"name":"\\\\u003c/script\\\\u003e\\\\u003c!--"}'
+        '{"name":"\\u003c/script\\u003e\\u003c!--"}'
     """
     text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -344,8 +346,10 @@ def _sha256(text: str) -> str:
 
 
 def page_policy(script: str, style: str) -> str:
-    """The page's Content-Security-Policy: only its own inline script and style (by their hashes) run, and nothing
-    is fetched (the page decodes its own data)."""
+    """The page's Content-Security-Policy: only its own inline script and style (by their hashes) run.
+
+    Nothing is fetched: the page decodes its own data.
+    """
     return (
         f"default-src 'none'; script-src {_sha256(script)}; style-src {_sha256(style)}; img-src data: blob:; "
         "base-uri 'none'; form-action 'none'"

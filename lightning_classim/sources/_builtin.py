@@ -137,8 +137,10 @@ class HeadSource(Source):
         return metric
 
     def _check_linear(self, features: Tensor, output: Tensor | None, ctx: SourceContext) -> None:
-        """The head's output on the batch (up to 8,192 rows) is ``features @ weight.T + bias``: else the route would be
-        wrong. Costs one more forward pass of the head, on the first batch of each epoch."""
+        """The head's output on the batch (up to 8,192 rows) is ``features @ weight.T + bias``, or the route is wrong.
+
+        Costs one more forward pass of the head, on the first batch of each epoch.
+        """
         if output is None or ctx.module is None:
             return
         weight, bias = self._weight(ctx)

@@ -63,7 +63,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|~#])")
 
 
 def md_escape(text: str) -> str:
-    """A name safe in markdown, table cells included, and in the HTML a markdown renderer makes of it.
+    r"""A name safe in markdown, table cells included, and in the HTML a markdown renderer makes of it.
 
     ``&``, ``<`` and ``>`` become entities (no tag or link can be written: TensorBoard's sanitiser keeps
     ``<img src=...>``), markdown's own syntax (links, images, emphasis, code, ``|``) is escaped with ``\\``, and
@@ -71,7 +71,7 @@ def md_escape(text: str) -> str:
 
     Example:
         >>> print(md_escape('<img src="x"> [a](b) a|b'))
-        &lt;img src="x"&gt; \\[a\\]\\(b\\) a\\|b
+        &lt;img src="x"&gt; \[a\]\(b\) a\|b
     """
     flat = " ".join(str(text).splitlines())
     return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))

@@ -1038,3 +1038,26 @@ def test_hostile_inputs_get_clear_errors(make, error, match):
 def test_a_matrix_just_inside_the_range_is_accepted():
     sim = np.array([[1.0, 1.0 + 1e-7], [1.0 + 1e-7, 1.0]])  # rounding above 1 (float32 correlations) is fine
     assert analyze(sim, n_groups=1).n_groups == 1
+
+
+@pytest.mark.parametrize(("s", "found"), [(0.5, False), (0.6, True)])
+def test_the_failed_group_floor_is_half_the_way_to_the_threshold(s, found):
+    # by hand: four groups of six (within 0.9); the blocks among A, B, C at 0.3, those with D at -0.5, so the
+    # background (mean between-group similarity) is -0.1 and, with failed_ratio 0.5, the threshold is 0.4 and the
+    # floor half the way to it, 0.25. Classes A0, B0, C0 at s: their mean across is s >= 0.4, and their residual is
+    # s minus their block's mean (35 * 0.3 + s) / 36: 0.19 for s = 0.5 (under the floor: not a failed group, though
+    # a floor a quarter of the way, 0.125, would take it) and 0.29 for s = 0.6 (over it: a failed group). The matrix
+    # has no noise, so the floor alone decides.
+    m, per = 24, 6
+    group = np.repeat(np.arange(4), per)
+    sim = np.where(group[:, None] == group[None, :], 0.9, np.where((group[:, None] < 3) & (group[None, :] < 3), 0.3,
+                                                                      -0.5))  # fmt: skip
+    members = [0, 6, 12]
+    for i in members:
+        for j in members:
+            if i != j:
+                sim[i, j] = s
+    np.fill_diagonal(sim, 1.0)
+    res = analyze(sim, n_groups=4, method="complete")
+    assert adjusted_rand_score(group, res.groups) == 1.0
+    assert [f.members for f in res.failed_groups] == ([tuple(members)] if found else [])

@@ -152,3 +152,15 @@ def test_a_snapshot_is_never_overwritten(tmp_path):
     assert (first.name, second.name) == ("epoch=0003-step=000030", "epoch=0003-step=000030-v1")
     assert list_snapshots(tmp_path) == [first, second]
     assert load_snapshot(second).result.to_dict() == result.to_dict()
+
+
+def test_the_demo_without_tensorboard_is_a_one_line_error_naming_the_extra(tmp_path):
+    code = (
+        "import sys; sys.modules['tensorboard'] = sys.modules['tensorboardX'] = None\n"
+        "from lightning_classim.cli import main\n"
+        f"sys.exit(main(['demo', '--out', {str(tmp_path / 'demo')!r}, '--epochs', '1']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    one_line_error(proc, "demo", 'the demo logs to TensorBoard, which is not installed. Install it with the '
+                   "package's extra: pip install \"lightning_classim[tensorboard]\"")  # fmt: skip
+    assert not (tmp_path / "demo").exists()

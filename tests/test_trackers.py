@@ -161,6 +161,19 @@ def test_comet_offline_archive_holds_images_tables_and_text(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+def test_a_comet_logger_made_offline_that_records_nothing_is_warned_at_setup(tmp_path, monkeypatch):
+    import inspect
+
+    if "online" not in inspect.signature(L.loggers.CometLogger.__init__).parameters:
+        pytest.skip("this Lightning's CometLogger has no `online` (it writes its archive with `save_dir`)")
+    monkeypatch.chdir(tmp_path)
+    logger = L.loggers.CometLogger(online=False, project="classim-test")
+    with pytest.warns(UserWarning, match=r"CometLogger\(online=False\) records nothing \(Lightning #21617.*'Comet "
+                                         r"offline', has a five-line OfflineCometLogger"):  # fmt: skip
+        fit(L, tmp_path, logger, epochs=1)
+
+
+@pytest.mark.slow
 def test_dvclive_images_and_scalars(tmp_path, monkeypatch):
     from dvclive.lightning import DVCLiveLogger
 
@@ -240,3 +253,21 @@ def test_checkpoint_resume_and_cli_in_the_lightning_namespace(tmp_path):
     cli = LightningCLI(net_class, run=False, args=["--config", str(config)], save_config_callback=None)
     (found,) = [c for c in cli.trainer.callbacks if isinstance(c, ClassSimilarityCallback)]
     assert found.options.method == "average"
+
+
+@pytest.mark.slow
+def test_two_runs_under_a_tracker_without_version_folders_get_a_folder_each(tmp_path):
+    from lightning_classim.runs import load_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = []
+    for _ in range(2):  # two runs from the same directory (default_root_dir), as two scripts would be
+        logger = L.loggers.MLFlowLogger(experiment_name="classim", tracking_uri=uri,
+                                        artifact_location=str(tmp_path / "a"))  # fmt: skip
+        made.append((fit(L, tmp_path, logger, explorer=False), logger.run_id))
+    (first, id_a), (second, id_b) = made
+    assert first.save_dir == tmp_path / "classim" / id_a and second.save_dir == tmp_path / "classim" / id_b
+    for cb in (first, second):
+        run = load_run(cb.save_dir)
+        assert [s.epoch for s in run.snapshots] == [0, 1]  # never the other run's epochs beside them
+        assert {s.extra["run_id"] for s in run.snapshots} == {run.info["run_id"]}

@@ -1048,7 +1048,7 @@ def test_the_failed_group_floor_is_half_the_way_to_the_threshold(s, found):
     # s minus their block's mean (35 * 0.3 + s) / 36: 0.19 for s = 0.5 (under the floor: not a failed group, though
     # a floor a quarter of the way, 0.125, would take it) and 0.29 for s = 0.6 (over it: a failed group). The matrix
     # has no noise, so the floor alone decides.
-    m, per = 24, 6
+    per = 6  # four groups of six: 24 classes
     group = np.repeat(np.arange(4), per)
     sim = np.where(group[:, None] == group[None, :], 0.9, np.where((group[:, None] < 3) & (group[None, :] < 3), 0.3,
                                                                       -0.5))  # fmt: skip

@@ -41,6 +41,24 @@ def planted_hierarchy(
     return scores, top_lab, sub_lab
 
 
+def failed_group_scores(
+    seed: int, n: int = 6000, subs: int = 5, per: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of ``subs`` sub-groups of ``per`` classes; the first class of each also shares a factor with the others:
+    mutually similar (r ~ 0.42) but each kept in its own sub-group by the tree (the paper's failed group).
+
+    Returns the (n, m) scores, each class's sub-group and the failed group's classes.
+    """
+    rng = np.random.default_rng(seed)
+    m = subs * per
+    sub = np.repeat(np.arange(subs), per)
+    cross = np.arange(0, m, per)
+    f_sub, f_g = rng.standard_normal((n, subs)), rng.standard_normal(n)
+    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
+    x[:, cross] = f_g[:, None] + f_sub[:, sub[cross]] + 0.6 * rng.standard_normal((n, len(cross)))
+    return x, sub, cross
+
+
 def assert_heatmap_inside(image: np.ndarray, box, matrix, order=None, groups=None, **kwargs) -> None:
     """The labelled picture ``image`` holds, at ``box``, exactly ``render_heatmap``'s image of the matrix."""
     from lightning_classim import render_heatmap

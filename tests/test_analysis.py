@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import planted_hierarchy
+from conftest import failed_group_scores, planted_hierarchy
 from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, linkage
 from scipy.spatial.distance import squareform
 from scipy.special import comb
@@ -339,16 +339,7 @@ def test_split_groups_found_between_planted_sub_blocks(rng):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_failed_group_found_by_fuzzy_clustering(seed):
-    # five sub-groups of five; the first class of each also shares a factor with the other four: mutually
-    # similar (r ~ 0.42) but each kept in its own sub-group by the tree (the paper's failed group)
-    rng = np.random.default_rng(seed)
-    n, subs, per = 6000, 5, 5
-    m = subs * per
-    sub = np.repeat(np.arange(subs), per)
-    cross = np.arange(0, m, per)
-    f_sub, f_g = rng.standard_normal((n, subs)), rng.standard_normal(n)
-    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
-    x[:, cross] = f_g[:, None] + f_sub[:, sub[cross]] + 0.6 * rng.standard_normal((n, len(cross)))
+    x, sub, cross = failed_group_scores(seed)
     sim = np.corrcoef(x, rowvar=False)
     res = analyze(sim, n_groups=5)
     assert adjusted_rand_score(sub, res.groups) == 1.0

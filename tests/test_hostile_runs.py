@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import failed_group_scores
 from test_explorer import _free_port, browser_test, driver, load, make_run, severe  # noqa: F401
 
 from lightning_classim import analyze
@@ -188,16 +189,9 @@ def test_the_tensorboard_tab_answers_hostile_runs_with_short_4xx(tmp_path):
 
 
 def test_the_page_holds_the_pairs_split_and_failed_groups_of_each_epoch(tmp_path):
-    # five sub-groups of five; the first class of each also shares a factor with the others: a failed group (as in
-    # test_analysis.py), and class 1 a near duplicate of class 2
+    x, _, _ = failed_group_scores(0)  # a failed group; class 1 made a near duplicate of class 2
+    n, m = x.shape
     rng = np.random.default_rng(0)
-    n, subs, per = 6000, 5, 5
-    m = subs * per
-    sub = np.repeat(np.arange(subs), per)
-    cross = np.arange(0, m, per)
-    f_sub, f_g = rng.standard_normal((n, subs)), rng.standard_normal(n)
-    x = 1.5 * f_sub[:, sub] + 0.6 * rng.standard_normal((n, m))
-    x[:, cross] = f_g[:, None] + f_sub[:, sub[cross]] + 0.6 * rng.standard_normal((n, len(cross)))
     x[:, 1] = x[:, 2] + 0.05 * rng.standard_normal(n)
     result = analyze(np.corrcoef(x, rowvar=False), n_groups=5, class_names=[f"c{i}" for i in range(m)])
     assert result.pairs and result.failed_groups  # the planted findings are found

@@ -305,3 +305,19 @@ def test_no_warning_in_a_plain_validation(tmp_path):
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|GPU available).*")
         trainer([ClassSimilarityCallback(M, save_dir=tmp_path)]).validate(model(), val, verbose=False)
+
+
+def test_an_explorer_page_that_cannot_be_built_loses_no_epoch(tmp_path, monkeypatch):
+    import lightning_classim.explorer as explorer
+
+    def broken(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("no page today")
+
+    monkeypatch.setattr(explorer, "explorer_html", broken)
+    _, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=tmp_path / "o")
+    with pytest.warns(UserWarning, match=r"could not build the explorer page of epoch 0 \(RuntimeError: no page today\);"
+                                         r" the epoch's other files are on disk"):  # fmt: skip
+        trainer([cb]).validate(model(), val, verbose=False)
+    (folder,) = list_snapshots(tmp_path / "o")
+    assert (folder / "summary.json").is_file() and not (folder / "explorer.html").exists()

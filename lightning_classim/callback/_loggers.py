@@ -138,7 +138,13 @@ class Dispatch:
 
     def advise(self, log: EpochLog, primary: str) -> None:
         """The analyses' advice, once per source and fit (the same tie tends to recur every epoch)."""
-        if log.write_error:  # said at every epoch it hits: a disk that fills at epoch 3 of 50 says so 47 times
+        if log.write_error.startswith("explorer:") and log.folders:
+            rank_zero_warn(
+                f"ClassSimilarityCallback: could not build the explorer page of epoch {log.epoch} "
+                f"({log.write_error[10:]}); the epoch's other files are on disk, and training goes on.",
+                category=UserWarning,
+            )
+        elif log.write_error:  # said at every epoch it hits: a disk that fills at epoch 3 of 50 says so 47 times
             rank_zero_warn(
                 f"ClassSimilarityCallback: could not write the files of epoch {log.epoch} ({log.write_error}); no "
                 "partial file or folder was left on disk, the loggers still get the epoch, and training goes on.",

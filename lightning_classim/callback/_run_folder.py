@@ -36,6 +36,7 @@ def default_save_dir(trainer: Any, tag_prefix: str, log_dir: str | None) -> Path
     version = None
     if trainer.is_global_zero:  # other processes never write; a tracker's run exists on rank 0 only
         try:
+            _ = logger.experiment  # the tracker's run exists from here on (W&B names it only then)
             version = logger.version
         except Exception:  # a tracker that cannot say: a run of our own
             version = None

@@ -181,7 +181,8 @@ class RunLock:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o644)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RunBusy(f"{path} is not a regular file")

@@ -108,7 +108,7 @@ def run_folders(save_dir: str | Path) -> list[Path]:
     They are ``save_dir``, ``test/``, ``dataloader_idx_N/`` below them, and ``sources/<tag>/`` below each.
     """
     root = Path(save_dir)
-    stages = safe_dirs([root, root / "test"])
+    stages = ([root] if root.is_dir() else []) + safe_dirs([root / "test"])  # the run folder itself may be a link
     loaders = stages + safe_dirs(p for stage in stages for p in sorted(stage.glob("dataloader_idx_*")))
     return loaders + safe_dirs(p for folder in loaders for p in sorted(folder.glob("sources/*")))
 
@@ -214,7 +214,7 @@ def list_snapshots(save_dir: str | Path) -> list[Path]:
     """The snapshot folders under ``save_dir``, by epoch then step (real folders holding a ``summary.json``)."""
     root = Path(save_dir)
     found = []
-    for child in root.iterdir() if root.is_dir() and not root.is_symlink() else []:
+    for child in root.iterdir() if root.is_dir() else []:  # the folder named may be a link; its epochs may not
         match = _SNAPSHOT.match(child.name)
         if match and child.is_dir() and not child.is_symlink() and (child / "summary.json").is_file():
             found.append((int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), child))

@@ -201,3 +201,11 @@ def test_the_page_holds_the_pairs_split_and_failed_groups_of_each_epoch(tmp_path
     assert [(p["kind"], p["i"], p["j"]) for p in epoch["pairs"]] == [(p.kind, p.i, p.j) for p in result.pairs]
     assert [f["members"] for f in epoch["failed"]] == [list(f.members) for f in result.failed_groups]
     assert [s["a"] for s in epoch["split"]] == [list(s.members[0]) for s in result.split_groups]
+
+
+def test_a_run_folder_named_through_a_link_is_read(tmp_path):
+    make_run(tmp_path / "real", m=8, epochs=2, taxonomy=False)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert [p.name for p in list_snapshots(tmp_path / "link")] == ["epoch=0000-step=000000", "epoch=0001-step=000010"]
+    proc, _ = cli("export", str(tmp_path / "link"))
+    assert proc.returncode == 0, proc.stderr

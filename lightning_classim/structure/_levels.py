@@ -45,6 +45,8 @@ __all__ = [
     "DISTINCT_SHARE",
     "MAX_LEVELS",
     "READING_SCORE",
+    "SMALL_M",
+    "SMALL_SCORE",
     "CutPlan",
     "choose_cut",
     "level_cuts",
@@ -57,6 +59,9 @@ DISTINCT_SCORE = 12.0
 DISTINCT_SHARE = 0.04
 READING_SCORE = 2.0
 MAX_LEVELS = 4
+#: Up to this many classes the levels are the two or three most readable cuts (a score of ``SMALL_SCORE`` will do).
+SMALL_M = 30
+SMALL_SCORE = 1.0
 #: The mean silhouette from which a coarse level that is not distinct is searched for split and failed groups too:
 #: Kaufman and Rousseeuw's "reasonable structure" (0.51-0.70; 0.26-0.50 is "weak", and may be a loose cut of a
 #: smoothly decaying tree).
@@ -101,15 +106,29 @@ def level_cuts(z: np.ndarray, max_groups: int | None = None) -> list[tuple[int, 
     for i in sorted(distinct, key=lambda i: -width[i]):  # widest first
         if not near(int(ks[i]), [int(ks[c]) for c in chosen]) and len(chosen) < MAX_LEVELS:
             chosen.append(i)
+    fine_top = max(2, min(top, kmax))
+    inside = [i for i in range(ks.size) if ks[i] <= fine_top]
+    peaks = [i for i in inside if score[i] >= READING_SCORE
+             and all(score[i] > score[j] for j in inside if j != i and near(int(ks[j]), [int(ks[i])]))]  # fmt: skip
     if len(chosen) < 2:  # reading levels: the highest peaks of the score up to max_groups
-        fine_top = max(2, min(top, kmax))
-        inside = [i for i in range(ks.size) if ks[i] <= fine_top]
-        peaks = [i for i in inside if score[i] >= READING_SCORE
-                 and all(score[i] > score[j] for j in inside if j != i and near(int(ks[j]), [int(ks[i])]))]  # fmt: skip
         for i in sorted(peaks, key=lambda i: -score[i]):
             if len(chosen) >= 2:
                 break
             if not near(int(ks[i]), [int(ks[c]) for c in chosen]):
+                chosen.append(i)
+    if not any(i in distinct for i in chosen):  # a smooth tree (no distinct level): its middle reading
+        have = sorted(int(ks[c]) for c in chosen)
+        low, high = (have[0], have[-1]) if len(have) >= 2 else (have[0] if have else 1, fine_top + 1)
+        between = [i for i in peaks if low < ks[i] < high and not near(int(ks[i]), have) and i not in chosen]
+        if between and len(chosen) < MAX_LEVELS:
+            chosen.append(max(between, key=lambda i: score[i]))
+    if m <= SMALL_M and not any(i in distinct for i in chosen):  # few classes, a smooth tree: two or three cuts
+        small = [i for i in inside if score[i] >= SMALL_SCORE and all(score[i] > score[j] for j in inside
+                 if abs(int(ks[j]) - int(ks[i])) == 1)]  # fmt: skip
+        for i in sorted(small, key=lambda i: -score[i]):
+            if len(chosen) >= 3:
+                break
+            if i not in chosen and all(abs(int(ks[i]) - int(ks[c])) > 1 for c in chosen):
                 chosen.append(i)
     out = [(int(ks[i]), float(middle[i]), float(score[i]), i in distinct) for i in chosen]
     return sorted(out)
@@ -128,9 +147,12 @@ def primary_level(levels: list[tuple[int, float, float, bool]], max_groups: int)
     """
     usable = [level for level in levels if level[0] <= max_groups]
     distinct = [level for level in usable if level[3]]
+    if len(usable) == 3 and not distinct and sorted(usable)[1][2] >= READING_SCORE:
+        return sorted(usable)[1][0]  # the middle reading of a smooth tree, between its two ends
     if distinct:
         return max(distinct, key=lambda level: level[2])[0]
-    return max(level[0] for level in usable) if usable else None
+    reading = [level for level in usable if level[2] >= READING_SCORE] or usable
+    return max(level[0] for level in reading) if reading else None
 
 
 @dataclass(frozen=True)

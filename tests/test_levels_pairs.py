@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from lightning_classim import Level, StructureOptions, analyze
 from lightning_classim.structure import _kernels, _reference
+from lightning_classim.structure._levels import level_cuts, primary_level
 from lightning_classim.structure._result import StructureResult
 
 
@@ -303,3 +304,36 @@ def test_the_coarse_level_searched_for_split_and_failed_groups():
     assert _searched_coarse((level(4, float("nan"), False),), 8) is None  # not measured
     assert _searched_coarse((level(8, 0.9, True),), 8) is None  # not coarser than the cut
     assert _searched_coarse((level(4, 0.9, True),), 3) is None
+
+
+def smooth_tree(m: int, bumps: dict[int, float]) -> np.ndarray:
+    """A linkage whose cut into k groups keeps over a range of heights 1/k (a smoothly decaying tree), times
+    ``bumps[k]``: only its heights matter to the levels."""
+    width = {k: bumps.get(k, 1.0) / k for k in range(2, m + 1)}  # H_{k-1} - H_k
+    heights = {m - 1: 0.01}
+    for k in range(m - 2, 0, -1):
+        heights[k] = heights[k + 1] + width[k + 1]
+    z = np.zeros((m - 1, 4))
+    z[:, 2] = sorted(heights.values())
+    return z
+
+
+@pytest.mark.parametrize(("bump", "levels", "primary"), [(2.5, [2, 4, 9], 4), (1.0, [2, 9], 9)])
+def test_the_middle_reading_of_a_smooth_tree_is_the_primary(bump, levels, primary):
+    # by hand: the cuts into 2 and 9 groups stand out six and five times from a smooth 1/k decay, the cut into 4 by
+    # 2.5 (its score, its range over the median range of the cuts into 2 to 8, is about 3.4): none is distinct (a
+    # score of 12), the ends are the two reading levels, and the cut into 4 is the clearest reading between them,
+    # so it is a level and the primary grouping. Without its bump there is no reading between the ends.
+    found = level_cuts(smooth_tree(40, {2: 6, 4: bump, 9: 5}), 30)
+    assert [k for k, *_ in found] == levels and not any(distinct for *_, distinct in found)
+    assert primary_level(found, 30) == primary
+
+
+def test_up_to_30_classes_two_readable_cuts_where_the_tree_has_them():
+    # the cut into 7 stands out by 1.4 only (a score of 1.2, under the reading levels' 2 at 20 classes as at 40,
+    # though over the 1 of a cut wider than its two neighbours): read at 20 classes, where the levels are the two or
+    # three most readable cuts, not at 40
+    small = [k for k, *_ in level_cuts(smooth_tree(20, {3: 3, 7: 1.4}), 30)]
+    large = [k for k, *_ in level_cuts(smooth_tree(40, {3: 3, 7: 1.4}), 30)]
+    assert small == [3, 7] and large == [3]
+    assert [k for k, *_ in level_cuts(smooth_tree(20, {3: 3}), 30)] == [3]  # a smooth tree has no second reading

@@ -321,3 +321,27 @@ def test_an_explorer_page_that_cannot_be_built_loses_no_epoch(tmp_path, monkeypa
         trainer([cb]).validate(model(), val, verbose=False)
     (folder,) = list_snapshots(tmp_path / "o")
     assert (folder / "summary.json").is_file() and not (folder / "explorer.html").exists()
+
+
+def test_a_write_failure_while_the_page_is_written_leaves_nothing_of_the_epoch(tmp_path, monkeypatch):
+    import errno
+
+    from lightning_classim import artifacts
+
+    original = artifacts.write_synced
+
+    def full_at_the_page(path: Path, data: Any) -> None:
+        if path.name == "explorer.html":  # the disk fills while the page is written, after the epoch's other files
+            with open(path, "wb") as fh:
+                fh.write(b"<!DOCTYPE html><html><head>")  # half a page, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, data)
+
+    monkeypatch.setattr(artifacts, "write_synced", full_at_the_page)
+    _, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=tmp_path / "o")
+    with pytest.warns(UserWarning, match=r"could not write the files of epoch 0 \(OSError: \[Errno 28\] No space left "
+                                         r"on device\); no partial file or folder was left on disk"):  # fmt: skip
+        trainer([cb]).validate(model(), val, verbose=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".classim.lock", "run.json"]
+    assert [h["epoch"] for h in cb.history] == [0]  # the loggers still got the epoch

@@ -285,8 +285,8 @@ def read_npy(path: Path, max_bytes: int = 2**40) -> np.ndarray:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise ValueError(f"unknown .npy version {version}")
-        except (ValueError, OSError, EOFError, SyntaxError) as err:
-            raise UnsafeFile(f"{path.name} is not a valid .npy file ({err})") from None
+        except Exception as err:  # numpy's header parser: ValueError mostly, but any damage must read as one
+            raise UnsafeFile(f"{path.name} is not a valid .npy file ({type(err).__name__}: {err})") from None
         if dtype.hasobject or dtype.kind not in "biuf":
             raise UnsafeFile(f"{path.name} holds {dtype}, not numbers")
         count = int(np.prod(shape, dtype=np.float64)) if shape else 1

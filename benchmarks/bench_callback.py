@@ -13,6 +13,7 @@ validation epoch is about that over the model's own cost per sample.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from typing import Any
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="/tmp/classim_bench_callback")
+    parser.add_argument("--out", default=None, help="folder of the runs (default: a new temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pl.seed_everything(0)
@@ -85,11 +86,12 @@ def main() -> None:
     best: dict[str, float] = {}
     waits: dict[str, list[float]] = {"async": [], "sync": []}
     analysis: list[float] = []
+    args.out = args.out or tempfile.mkdtemp(prefix="classim_bench_callback_")
     run(model, loader, None, args.out)  # warm-up
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         best["without"] = min(best.get("without", 1e9), run(model, loader, None, args.out))
-        for mode in ("async", "sync"):
-            cb = ClassSimilarityCallback(m, save_dir=f"{args.out}/{mode}", async_analysis=mode == "async")
+        for mode in ("async", "sync"):  # one folder per run: a run folder is never shared
+            cb = ClassSimilarityCallback(m, save_dir=f"{args.out}/{mode}-{repeat}", async_analysis=mode == "async")
             best[mode] = min(best.get(mode, 1e9), run(model, loader, cb, args.out))
             waits[mode].append(min(cb.epoch_end_wait_s))
             analysis.append(min(cb.analysis_s))

@@ -345,3 +345,13 @@ def test_a_write_failure_while_the_page_is_written_leaves_nothing_of_the_epoch(t
         trainer([cb]).validate(model(), val, verbose=False)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".classim.lock", "run.json"]
     assert [h["epoch"] for h in cb.history] == [0]  # the loggers still got the epoch
+
+
+def test_a_run_json_that_cannot_be_written_fails_before_the_first_step(tmp_path):
+    (tmp_path / "o" / "run.json").mkdir(parents=True)  # a folder where the run's settings go: not ours, not touched
+    _, val, _, _ = small()
+    cb = ClassSimilarityCallback(M, save_dir=tmp_path / "o")
+    with pytest.raises(ValueError, match=r"Expected argument `save_dir` to be a folder this process can write, but "
+                                         r"writing .*run.json failed \(IsADirectoryError"):  # fmt: skip
+        trainer([cb]).validate(model(), val, verbose=False)
+    assert (tmp_path / "o" / "run.json").is_dir() and not list_snapshots(tmp_path / "o")

@@ -69,6 +69,7 @@ DAMAGE = {
         f / "groups.npy", np.roll(np.load(f / "groups.npy"), 1)
     ),
     "non-monotone linkage": lambda f: np.save(f / "linkage.npy", _inverted(np.load(f / "linkage.npy"))),
+    "negative tree heights": lambda f: np.save(f / "linkage.npy", np.load(f / "linkage.npy") * [1, 1, -1, 1]),
 }
 
 

@@ -6,6 +6,8 @@
 * ``hold``: a fit that writes into ``OUT/classim`` slowly (``OUT/ready`` once it holds the folder), for a second
   process to try the same folder.
 * ``fsize``: a file-size limit of 100 kB (``RLIMIT_FSIZE``): the epochs' files cannot be written; training goes on.
+* ``pagesize``: 12 classes, a small picture and a limit of 20 kB: every file of an epoch fits but its explorer page
+  (about 31 kB), which fails half-way through.
 """
 
 import resource
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_classim import ClassSimilarityCallback, artifacts
 from lightning_classim.callback import _epoch as epoch_module
 from lightning_classim.demo import DemoClassifier, loaders
+from lightning_classim.render import HeatmapOptions
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], Path(sys.argv[2])
@@ -33,9 +36,10 @@ if __name__ == "__main__":
         names = [f"class{i}" for i in range(200)]
     else:
         train, val, names, _ = loaders(n_per_class=20, seed=0, batch_size=64, superclasses=3, subclasses=4, dim=16)
-    if mode == "fsize":
+    if mode in ("fsize", "pagesize"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        limit = 100_000 if mode == "fsize" else 20_000
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     if mode == "kill":
         original = artifacts.write_synced
 
@@ -57,7 +61,8 @@ if __name__ == "__main__":
 
         epoch_module.write_snapshot = slow
     pl.seed_everything(0)
-    callback = ClassSimilarityCallback(len(names), class_names=names, save_dir=out / "classim")
+    small = HeatmapOptions(max_pixels=64, max_names=0) if mode == "pagesize" else None
+    callback = ClassSimilarityCallback(len(names), class_names=names, save_dir=out / "classim", heatmap=small)
     checkpoints = [ModelCheckpoint(dirpath=out / "ckpt", save_last=True)] if mode in ("kill", "resume") else []
     trainer = pl.Trainer(max_epochs=4 if mode != "hold" else 6, accelerator="cpu", logger=False,
                          callbacks=[callback, *checkpoints], enable_progress_bar=False, enable_model_summary=False,

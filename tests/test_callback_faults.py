@@ -108,6 +108,18 @@ def test_a_full_disk_warns_at_every_epoch_keeps_training_and_leaves_no_partial_f
 
 
 @pytest.mark.slow
+def test_a_file_size_limit_met_while_the_page_is_written_leaves_nothing_of_the_epoch(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "pagesize", str(tmp_path)], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "history [0, 1, 2, 3]" in proc.stdout
+    for epoch in range(4):
+        assert f"could not write the files of epoch {epoch} (OSError: [Errno 27] File too large)" in proc.stderr
+    run = tmp_path / "classim"
+    assert sorted(p.name for p in run.iterdir()) == [".classim.lock", "run.json"]  # no half page, no half epoch
+
+
+@pytest.mark.slow
 def test_a_second_process_on_the_same_save_dir_is_refused_and_changes_nothing(tmp_path):
     child = subprocess.Popen([sys.executable, str(SCRIPT), "hold", str(tmp_path)], env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip

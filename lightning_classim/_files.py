@@ -17,7 +17,6 @@ file's size), and turn every failure into a :class:`UnsafeFile` (a ``ValueError`
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import re
@@ -38,7 +37,6 @@ __all__ = [
     "UnsafeFile",
     "atomic_write",
     "fsync_dir",
-    "is_marked",
     "partial_name",
     "read_json",
     "read_npy",
@@ -60,11 +58,6 @@ class UnsafeFile(ValueError):  # noqa: N818 (reads as what it is: a file that is
 
 class RunBusy(RuntimeError):  # noqa: N818 (a state, not an error of the caller)
     """Another live process holds the run folder."""
-
-
-def is_marked(name: str) -> bool:
-    """Whether a file or folder name is one of this package's temporary names (``.x.classim-<pid>.tmp|partial``)."""
-    return bool(_TMP.match(name) or _PARTIAL.match(name))
 
 
 def _tmp_name(path: Path) -> Path:
@@ -300,10 +293,3 @@ def read_npy(path: Path, max_bytes: int = 2**40) -> np.ndarray:
     if got != count * dtype.itemsize:
         raise UnsafeFile(f"{path.name} ended early: {got} of {count * dtype.itemsize} bytes")
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """An array as the bytes of an ``.npy`` file."""
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()

@@ -26,6 +26,7 @@ Reading treats every file as untrusted (:mod:`lightning_classim._files`): regula
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -33,7 +34,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -41,7 +42,6 @@ from lightning_classim._files import (
     UnsafeFile,
     atomic_write,
     fsync_dir,
-    npy_bytes,
     partial_name,
     read_json,
     read_npy,
@@ -87,6 +87,10 @@ __all__ = [
 def _atomic_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1, allow_nan=False).encode()
     atomic_write(path, data)
+
+
+def _save_npy(array: np.ndarray, fh: IO[bytes]) -> None:
+    np.save(fh, array, allow_pickle=False)
 
 
 def snapshot_dir(save_dir: str | Path, epoch: int, step: int) -> Path:
@@ -161,7 +165,7 @@ def write_snapshot(
     staging.mkdir(parents=True)
     try:
         for name, array in result.arrays().items():
-            write_synced(staging / f"{name}.npy", npy_bytes(array))
+            write_synced(staging / f"{name}.npy", functools.partial(_save_npy, array))  # straight to the file
         write_synced(staging / "class_names.json", json.dumps(list(result.class_names), allow_nan=False).encode())
         if image is not None:
             png = io.BytesIO()
